@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""imagefs command line: a thin click shell over the `imagefs` package.
+
+Library errors (`ImageFSError`) become one line on stderr and exit status 1;
+usage errors exit 2 (click's convention).  A traceback only with --debug.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable, TypeVar
+
+import click
+
+if __package__ in (None, "") and __name__ == "__main__":  # `python cli.py` from a checkout
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from imagefs import BuildOptions, ImageFSError, ImageTree  # noqa: E402
+from imagefs import mount as mounting  # noqa: E402
+from imagefs.archive import Archive  # noqa: E402
+from imagefs.build import open_index  # noqa: E402
+from imagefs.manifest import read_images  # noqa: E402
+from imagefs.progress import TerminalProgress  # noqa: E402
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _OneLine(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"imagefs: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _setup_logging(debug: bool, quiet: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine() if not debug else logging.Formatter("%(name)s %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else (logging.ERROR if quiet else logging.WARNING))
+
+
+def _errors_to_exit(fn: F) -> F:
+    """Turn library errors into `imagefs: message` and exit 1 (a traceback with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = bool(kwargs.get("debug")) or os.environ.get("IMAGEFS_DEBUG") == "1"
+        try:
+            return fn(*args, **kwargs)
+        except ImageFSError as e:
+            if debug:
+                raise
+            click.echo(f"imagefs: {e}", err=True)
+            sys.exit(1)
+        except OSError as e:
+            if debug:
+                raise
+            where = f" {e.filename}" if e.filename else ""
+            click.echo(f"imagefs:{where}: {e.strerror or e}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("imagefs: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _common_index_options(fn: F) -> F:
+    fn = click.option("--image", "image", metavar="REF",
+                      help="Image to use when the archive holds several: tag (ubuntu:22.04, with or "
+                           "without docker.io/library/), image id prefix, or 1-based index as `imagefs images` lists.")(fn)
+    fn = click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                      help="Where indexes are kept [default: $XDG_CACHE_HOME/imagefs or ~/.cache/imagefs].")(fn)
+    fn = click.option("--no-cache", is_flag=True, help="Neither use nor keep a persistent index.")(fn)
+    fn = click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")(fn)
+    fn = click.option("--debug", is_flag=True, help="Verbose logging and tracebacks.")(fn)
+    return fn
+
+
+def _progress(quiet: bool) -> TerminalProgress | None:
+    return None if quiet else TerminalProgress()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name=None, version=__import__("imagefs").__version__, prog_name="imagefs")
+def main() -> None:
+    """Mount container image archives read-only as the merged filesystem of their layers.
+
+    ARCHIVE is what `docker save`, `podman save` or `skopeo copy` write: a
+    docker-archive (manifest.json), a legacy v1.0 archive (repositories), an
+    OCI image layout archive (index.json), or Docker 25+'s mix of both.
+    Nothing is extracted: the layers' tar headers are indexed once and reads
+    go straight to the bytes inside the archive.
+    """
+
+
+@main.command()
+@click.argument("archive", type=click.Path(dir_okay=False))
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground until unmounted (Ctrl-C unmounts).")
+@click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
+              help="FUSE/mount options, as for mount(8): allow_other, fsname=NAME, max_read=N, ... "
+                   "The mount is always ro,nosuid,nodev,default_permissions.")
+@click.option("--layer", type=int, default=None, metavar="N",
+              help="Mount the image as it was after layer N (1 = base; negative counts from the top).")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+              help="Where the background daemon writes its log [default: nowhere].")
+@_common_index_options
+@_errors_to_exit
+def mount(archive: str, mountpoint: str, foreground: bool, options: tuple[str, ...], layer: int | None,
+          log_file: str | None, image: str | None, cache_dir: str | None, no_cache: bool, quiet: bool,
+          debug: bool) -> None:
+    """Mount ARCHIVE read-only at MOUNTPOINT.
+
+    Returns once MOUNTPOINT is ready (the daemon keeps running in the
+    background) or prints why it is not and exits non-zero.  The first mount
+    of an archive indexes it (with a progress bar on a terminal); later mounts
+    of the same unchanged archive reuse the index and start at once.
+
+    \b
+    Example:
+      imagefs mount ubuntu.tar /mnt/img && ls /mnt/img/etc
+      imagefs umount /mnt/img
+    """
+    _setup_logging(debug, quiet)
+    mp = mounting.check_mountpoint(mountpoint)
+    opts = BuildOptions(image=image, layer=layer, cache_dir=cache_dir, use_cache=not no_cache)
+    mopts = mounting.MountOptions(extra=mounting.split_o(options), debug=debug, foreground=foreground)
+    mounting.fuse_options(mopts)  # refuse bad -o before the (long) indexing
+    index, tmp = open_index(archive, opts, _progress(quiet))
+    try:
+        if foreground:
+            tree = ImageTree(index)
+            if tmp is not None:
+                os.unlink(tmp)
+                tmp = None
+            mounting.serve(tree, mp, mopts)
+            return
+        index_path = tmp or index.path
+        mounting.spawn_daemon(
+            {"index": index_path, "mountpoint": mp, "options": list(mopts.extra), "debug": debug},
+            mp, log_file,
+        )
+    finally:
+        if tmp is not None:
+            os.unlink(tmp)
+
+
+@main.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--debug", is_flag=True, help="Tracebacks on errors.")
+@_errors_to_exit
+def umount(mountpoint: str, debug: bool) -> None:
+    """Unmount MOUNTPOINT; also clears a stale mount whose daemon died."""
+    mounting.unmount(mountpoint)
+
+
+@main.command()
+@click.argument("archive", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image.")
+@click.option("--debug", is_flag=True, help="Tracebacks on errors.")
+@_errors_to_exit
+def images(archive: str, as_json: bool, debug: bool) -> None:
+    """List the images in ARCHIVE: index, id, tags, layer count and sizes."""
+    _setup_logging(debug)
+    arc = Archive(archive)
+    try:
+        found = read_images(arc)
+        rows = []
+        for n, img in enumerate(found, 1):
+            sizes = []
+            for layer in img.layers:
+                m = arc.resolve(layer.member)
+                sizes.append(m.size if m is not None else 0)
+            rows.append({"index": n, "id": img.id, "tags": list(img.tags), "layers": len(img.layers),
+                         "size": sum(sizes), "platform": img.platform})
+    finally:
+        arc.close()
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    click.echo(f"{'#':>3}  {'ID':<12}  {'LAYERS':>6}  {'SIZE':>10}  TAGS")
+    for row in rows:
+        click.echo(f"{row['index']:>3}  {row['id'].removeprefix('sha256:')[:12]:<12}  {row['layers']:>6}  "
+                   f"{_human(row['size']):>10}  {', '.join(row['tags']) or '<none>'}")
+
+
+@main.command("index")
+@click.argument("archive", type=click.Path(dir_okay=False))
+@click.option("--layer", type=int, default=None, metavar="N", help="Index the image as of layer N.")
+@_common_index_options
+@_errors_to_exit
+def index_cmd(archive: str, layer: int | None, image: str | None, cache_dir: str | None, no_cache: bool,
+              quiet: bool, debug: bool) -> None:
+    """Build the persistent index of ARCHIVE ahead of time (mounts then start at once)."""
+    _setup_logging(debug, quiet)
+    opts = BuildOptions(image=image, layer=layer, cache_dir=cache_dir, use_cache=not no_cache)
+    index, tmp = open_index(archive, opts, _progress(quiet))
+    try:
+        click.echo(f"{index.path}: {index.n_inodes} inodes, {index.meta['members']} members "
+                   f"in {len(index.meta['layers'])} layers")
+    finally:
+        index.close()
+        if tmp is not None:
+            os.unlink(tmp)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""imagefs: mount container image archives read-only as the merged filesystem of their layers."""
+
+from .build import BuildOptions
+from .errors import (
+    ArchiveError,
+    ImageFormatError,
+    ImageFSError,
+    ImageSelectError,
+    IndexCacheError,
+    MountError,
+    TarFormatError,
+)
+from .tree import ImageTree
+
+__all__ = [
+    "ArchiveError",
+    "BuildOptions",
+    "ImageFSError",
+    "ImageFormatError",
+    "ImageSelectError",
+    "ImageTree",
+    "IndexCacheError",
+    "MountError",
+    "TarFormatError",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,98 @@
+"""The outer archive: a tar of image files, as a map from member name to bytes.
+
+`Archive` scans the outer tar's headers once and answers "where are the bytes
+of member X" without reading them.  Members that are symlinks or hard links
+inside the archive (podman and Docker write ``<id>/layer.tar -> ../<diffid>.tar``)
+are followed.
+"""
+
+from __future__ import annotations
+
+import stat
+from typing import Callable
+
+from . import blobs
+from .blobs import Blob, FileBlob, Span
+from .errors import ArchiveError, ImageFormatError, TarFormatError
+from .paths import normalize, split
+from .tarscan import HARDLINK, Member, scan
+
+__all__ = ["Archive"]
+
+# Manifests and configs are small; refuse to slurp a multi-GB "manifest".
+MAX_JSON = 64 << 20
+_MAX_LINK_HOPS = 16
+
+
+class Archive:
+    """An image archive opened for random access.
+
+    Attributes:
+        path: the file name given.
+        blob: the (uncompressed) bytes of the outer tar.
+        members: normalised member path -> its tar `Member` (later duplicates win).
+    """
+
+    def __init__(self, path: str, on_progress: Callable[[int, int], None] | None = None) -> None:
+        self.path = path
+        self.file = FileBlob(path)
+        if self.file.length == 0:
+            raise ArchiveError(f"{path} is empty, not an image archive")
+        self.compression = blobs.sniff(self.file)
+        self.blob: Blob = blobs.open_stream(self.file, self.compression, path)
+        self.members: dict[bytes, Member] = {}
+        try:
+            for m in scan(self.blob, self.blob.length, on_progress=on_progress):
+                self.members[m.path] = m
+        except TarFormatError as e:
+            if not self.members:
+                raise ArchiveError(f"{path} is not a tar archive ({e})") from None
+            raise ArchiveError(f"{path}: {e}") from None
+        if not self.members:
+            raise ArchiveError(f"{path} is an empty tar archive, not an image")
+
+    def resolve(self, name: bytes) -> Member | None:
+        """The member holding the data of ``name``, links followed, or None."""
+        seen = 0
+        m = self.members.get(name)
+        while m is not None and m.kind in (stat.S_IFLNK, HARDLINK):
+            seen += 1
+            if seen > _MAX_LINK_HOPS:
+                raise ImageFormatError(f"archive member {name.decode(errors='replace')} is a link loop")
+            if m.kind == HARDLINK:
+                target = m.linkname
+            else:
+                parent, _ = split(m.path)
+                target = normalize(m.linkname if m.linkname.startswith(b"/") else parent + b"/" + m.linkname) or b""
+            m = self.members.get(target)
+        return m
+
+    def exists(self, name: bytes) -> bool:
+        return self.resolve(name) is not None
+
+    def open(self, name: bytes) -> Span:
+        """Random access to the bytes of member ``name`` (links followed).
+
+        Raises:
+            ImageFormatError: no such member, or it is not a regular file.
+        """
+        m = self.resolve(name)
+        if m is None or m.kind != stat.S_IFREG:
+            raise ImageFormatError(
+                f"{self.path}: the image refers to {name.decode(errors='replace')}, which the archive does not hold"
+            )
+        return Span(self.blob, m.offset, m.size)
+
+    def read(self, name: bytes, limit: int = MAX_JSON) -> bytes:
+        """The whole content of a small member (manifests, configs)."""
+        span = self.open(name)
+        assert span.length is not None
+        if span.length > limit:
+            raise ImageFormatError(f"{self.path}: {name.decode(errors='replace')} is implausibly large")
+        data = span.pread(span.length, 0)
+        if len(data) != span.length:
+            raise ArchiveError(f"{self.path}: {name.decode(errors='replace')} is truncated")
+        return data
+
+    def close(self) -> None:
+        self.file.close()

@@ -1,0 +1,98 @@
+"""Random access to byte streams inside an archive: spans, and (de)compressed layers.
+
+Everything here offers ``pread(n, offset) -> bytes`` over the *uncompressed*
+bytes and a ``length`` (``None`` while unknown).  Reads are positional, so
+there is no shared file position and no lock: any number of readers may use
+one blob at once.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Protocol
+
+from .errors import ArchiveError
+
+__all__ = [
+    "Blob",
+    "FileBlob",
+    "Span",
+    "open_stream",
+    "sniff",
+]
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class Blob(Protocol):
+    """Random access to uncompressed bytes."""
+
+    @property
+    def length(self) -> int | None: ...
+
+    def pread(self, n: int, offset: int) -> bytes: ...
+
+
+class FileBlob:
+    """A whole file, read with ``os.pread`` on one descriptor."""
+
+    __slots__ = ("fd", "length", "path")
+
+    def __init__(self, path: str) -> None:
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            st = os.fstat(self.fd)
+        except OSError as e:
+            raise ArchiveError(f"cannot open {path}: {e.strerror}") from None
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            os.close(self.fd)
+            raise ArchiveError(f"{path} is not a regular file")
+        self.path = path
+        self.length: int | None = st.st_size
+
+    def pread(self, n: int, offset: int) -> bytes:
+        return os.pread(self.fd, n, offset)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class Span:
+    """``length`` bytes of ``parent`` starting at ``base``; reads stop at the span's end."""
+
+    __slots__ = ("parent", "base", "length")
+
+    def __init__(self, parent: Blob, base: int, length: int) -> None:
+        self.parent = parent
+        self.base = base
+        self.length: int | None = length
+
+    def pread(self, n: int, offset: int) -> bytes:
+        assert self.length is not None
+        n = min(n, self.length - offset)
+        if n <= 0:
+            return b""
+        return self.parent.pread(n, self.base + offset)
+
+
+def sniff(blob: Blob) -> str:
+    """The compression of a stream by its magic bytes: ``"gzip"``, ``"zstd"`` or ``"none"``.
+
+    Media types lie (Docker writes ``tar`` for gzip layers in some versions),
+    so the bytes decide.
+    """
+    head = blob.pread(4, 0)
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    return "none"
+
+
+def open_stream(raw: Blob, compression: str, what: str) -> Blob:
+    """The uncompressed view of ``raw``, whose compression `sniff` found."""
+    if compression == "none":
+        return raw
+    raise ArchiveError(f"{what}: {compression}-compressed data is not supported yet")

@@ -1,0 +1,50 @@
+"""Where indexes live, and the key that ties an index to one unchanged archive.
+
+An index is named by a digest of the archive's identity (real path, device,
+inode, size, mtime in nanoseconds), the chosen image's id and the index
+format version: a changed archive gets a new name, so a stale index is never
+served; an old one is simply no longer looked up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+from .index import FORMAT_VERSION
+
+__all__ = ["ArchiveIdentity", "default_cache_dir", "identity_of", "index_path"]
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveIdentity:
+    """What must be unchanged for an index of the archive to stay valid."""
+
+    path: str
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {"path": self.path, "dev": self.dev, "ino": self.ino, "size": self.size, "mtime_ns": self.mtime_ns}
+
+
+def identity_of(path: str) -> ArchiveIdentity:
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return ArchiveIdentity(real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "imagefs")
+
+
+def index_path(cache_dir: str, ident: ArchiveIdentity, selector: str) -> str:
+    """The index file for ``ident`` with image/layer ``selector``."""
+    key = hashlib.sha256(
+        f"v{FORMAT_VERSION}\0{ident.path}\0{ident.dev}\0{ident.ino}\0{ident.size}\0{ident.mtime_ns}\0{selector}".encode()
+    ).hexdigest()[:32]
+    return os.path.join(cache_dir, f"{key}.idx")

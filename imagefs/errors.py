@@ -1,0 +1,53 @@
+"""The errors imagefs raises.  Each message is the one line a user sees.
+
+    ImageFSError                 anything imagefs itself refuses or cannot do
+    ├── ArchiveError             the archive file: missing, unreadable, not a tar, truncated
+    │   └── TarFormatError       a corrupt or truncated tar header inside a layer or archive
+    ├── ImageFormatError         a tar that is not a container image, or a broken manifest
+    ├── ImageSelectError         --image names nothing, or several images and no --image
+    ├── IndexCacheError          the persistent index cannot be read or written
+    └── MountError               the mountpoint or FUSE itself is the problem
+
+The CLI turns any of these into ``imagefs: <message>`` on stderr and exit status 1;
+the FUSE layer turns them into an errno.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ArchiveError",
+    "ImageFSError",
+    "ImageFormatError",
+    "ImageSelectError",
+    "IndexCacheError",
+    "MountError",
+    "TarFormatError",
+]
+
+
+class ImageFSError(Exception):
+    """Base of every error imagefs raises on purpose; ``str(err)`` is the user's line."""
+
+
+class ArchiveError(ImageFSError):
+    """The archive file cannot be opened or read as a tar."""
+
+
+class TarFormatError(ArchiveError):
+    """A tar stream has a corrupt, truncated or impossible header."""
+
+
+class ImageFormatError(ImageFSError):
+    """The archive is a tar but not a container image we understand, or is inconsistent."""
+
+
+class ImageSelectError(ImageFSError):
+    """The image to use cannot be chosen (unknown or ambiguous reference)."""
+
+
+class IndexCacheError(ImageFSError):
+    """The persistent index is unusable (the caller rebuilds or runs without it)."""
+
+
+class MountError(ImageFSError):
+    """Mounting or unmounting failed for a reason outside the image."""

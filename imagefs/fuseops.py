@@ -1,0 +1,244 @@
+"""pyfuse3 operations over an `ImageTree`: a thin, read-only shell.
+
+Every handler goes through one errno boundary (`_errno_boundary`): only
+`pyfuse3.FUSEError` may leave a handler, because anything else escapes
+`pyfuse3.main` and kills the mount with the kernel's request unanswered.
+OSError keeps its errno, a bug becomes EIO plus a log line.
+
+Caching: the image never changes while mounted, so entries, attributes and
+negative lookups get long kernel timeouts and opened files keep their page
+cache.  Inode numbers never change either, so ``forget`` has nothing to do.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from typing import Any, Awaitable, Callable, TypeVar
+
+import pyfuse3
+
+from .tree import ImageTree
+
+__all__ = ["ReadOnlyOperations"]
+
+log = logging.getLogger(__name__)
+
+# An immutable tree can be cached "forever"; a day keeps the numbers sane.
+CACHE_TIMEOUT = 86400.0
+# Large st_blksize makes cp, cat and friends use big reads.
+BLKSIZE = 128 * 1024
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _errno_boundary(fn: F) -> F:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as e:
+            if e.errno in (errno.EIO, None):
+                log.warning("%s: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Exception:
+            log.exception("%s failed; answering EIO", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _erofs(fn: F) -> F:
+    async def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    refuse.__name__ = fn.__name__
+    refuse.__doc__ = "The image is read-only: EROFS."
+    return refuse  # type: ignore[return-value]
+
+
+class ReadOnlyOperations(pyfuse3.Operations):
+    """The read-only mount of one merged image tree."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, tree: ImageTree, timeout: float = CACHE_TIMEOUT) -> None:
+        super().__init__()
+        self.tree = tree
+        self.timeout = timeout
+
+    def _entry(self, ino: int) -> pyfuse3.EntryAttributes:
+        a = self.tree.attr(ino)
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = ino
+        e.generation = 0
+        e.entry_timeout = self.timeout
+        e.attr_timeout = self.timeout
+        e.st_mode = a.mode
+        e.st_nlink = a.nlink
+        e.st_uid = a.uid
+        e.st_gid = a.gid
+        e.st_rdev = a.rdev
+        if stat.S_ISLNK(a.mode):
+            e.st_size = len(self.tree.readlink(ino))
+        elif stat.S_ISDIR(a.mode):
+            e.st_size = 4096
+        else:
+            e.st_size = a.size
+        e.st_blksize = BLKSIZE
+        e.st_blocks = self._blocks(ino, a.mode, a.size)
+        mtime = max(a.mtime_ns, 0)
+        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = mtime
+        return e
+
+    def _blocks(self, ino: int, mode: int, size: int) -> int:
+        if stat.S_ISDIR(mode):
+            return 8
+        if not stat.S_ISREG(mode):
+            return 0
+        sparse = self.tree.index.sparse_map(ino)
+        stored = size if sparse is None else sum(n for _o, n in sparse)
+        return (stored + 511) // 512
+
+    def _valid(self, ino: int) -> None:
+        if not self.tree.index.valid(ino):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+
+    @_errno_boundary
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        self._valid(parent_inode)
+        if not stat.S_ISDIR(self.tree.attr(parent_inode).mode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        ino = self.tree.lookup(parent_inode, name)
+        if not ino:
+            # st_ino 0 is a negative entry the kernel caches (raising ENOENT is not cached).
+            neg = pyfuse3.EntryAttributes()
+            neg.st_ino = 0
+            neg.entry_timeout = self.timeout
+            return neg
+        return self._entry(ino)
+
+    @_errno_boundary
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        self._valid(inode)
+        return self._entry(inode)
+
+    @_errno_boundary
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        self._valid(inode)
+        if not stat.S_ISLNK(self.tree.attr(inode).mode):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return self.tree.readlink(inode)
+
+    @_errno_boundary
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        self._valid(inode)
+        if not stat.S_ISDIR(self.tree.attr(inode).mode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    @_errno_boundary
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        # start_id is the id after the last entry the kernel accepted: 1 after ".",
+        # 2 after "..", then 3 + position.  Positions are fixed in the index, so
+        # resuming never skips or repeats an entry.
+        if start_id == 0:
+            if not pyfuse3.readdir_reply(token, b".", self._entry(fh), 1):
+                return
+            start_id = 1
+        if start_id == 1:
+            if not pyfuse3.readdir_reply(token, b"..", self._entry(self.tree.attr(fh).parent), 2):
+                return
+            start_id = 2
+        for pos, name, ino in self.tree.entries(fh, start_id - 2):
+            if not pyfuse3.readdir_reply(token, name, self._entry(ino), pos + 3):
+                break
+
+    @_errno_boundary
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    @_errno_boundary
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        self._valid(inode)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        mode = self.tree.attr(inode).mode
+        if stat.S_ISDIR(mode):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+    @_errno_boundary
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return self.tree.read(fh, off, size)
+
+    @_errno_boundary
+    async def release(self, fh: int) -> None:
+        return None
+
+    @_errno_boundary
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @_errno_boundary
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        self._valid(inode)
+        value = self.tree.xattrs(inode).get(name)
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    @_errno_boundary
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        self._valid(inode)
+        return list(self.tree.xattrs(inode))
+
+    @_errno_boundary
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        total = sum(int(layer.get("length") or 0) for layer in self.tree.index.meta["layers"])
+        s.f_blocks = (total + 4095) // 4096
+        s.f_bfree = s.f_bavail = 0
+        s.f_files = self.tree.index.n_inodes
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+    async def forget(self, inode_list: Any) -> None:
+        # Inode numbers are fixed for the life of the mount: nothing to release.
+        return None
+
+    # Every change is refused; the kernel already does for a "ro" mount, this
+    # covers a mount made without it.
+    @_erofs
+    async def setattr(self, *a: Any) -> Any: ...
+    @_erofs
+    async def mknod(self, *a: Any) -> Any: ...
+    @_erofs
+    async def mkdir(self, *a: Any) -> Any: ...
+    @_erofs
+    async def unlink(self, *a: Any) -> Any: ...
+    @_erofs
+    async def rmdir(self, *a: Any) -> Any: ...
+    @_erofs
+    async def symlink(self, *a: Any) -> Any: ...
+    @_erofs
+    async def rename(self, *a: Any) -> Any: ...
+    @_erofs
+    async def link(self, *a: Any) -> Any: ...
+    @_erofs
+    async def create(self, *a: Any) -> Any: ...
+    @_erofs
+    async def write(self, *a: Any) -> Any: ...
+    @_erofs
+    async def setxattr(self, *a: Any) -> Any: ...
+    @_erofs
+    async def removexattr(self, *a: Any) -> Any: ...

@@ -1,0 +1,267 @@
+"""The compact on-disk index of a merged image tree, and lookups in it.
+
+An index file is written once and then only ``mmap``-ed, so a mounted image
+costs no Python object per file, the kernel shares and evicts its pages, and
+a second mount starts as fast as the file can be opened.
+
+Layout (little-endian)::
+
+    header   HEADER: magic, version, counts and section offsets
+    inodes   INODE records; inode number N is record N-1; 1 is the root
+    dirents  DIRENT records; each directory's entries are contiguous and
+             sorted by name bytes, so lookup is a binary search: O(log n)
+    pool     names, symlink targets, sparse maps and xattrs, referenced by
+             (offset, length) from the records
+    meta     JSON: the image, its layers and how to reopen their bytes
+
+Invariants: inode numbers and dirent positions never change for the life of
+a file (they are what the FUSE layer hands the kernel); hard links are
+several dirents with one inode number.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import stat
+import struct
+from typing import Any, Iterator, NamedTuple
+
+from .errors import IndexCacheError
+from .merge import Node
+
+__all__ = ["FORMAT_VERSION", "Attr", "Index", "write_index"]
+
+MAGIC = b"IMGFSIDX"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<8sIIIQQQQQQ")
+# mode uid gid nlink size mtime_ns rdev layer data_off extra_off extra_len xattr_off xattr_len
+# first count parent (parent: a directory's parent directory, for "..")
+INODE = struct.Struct("<IIIIQqQiQQIQIIII")
+DIRENT = struct.Struct("<QII")  # name_off name_len ino
+ROOT_INO = 1
+_XATTR_LEN = struct.Struct("<II")
+_SPARSE = struct.Struct("<QQ")
+_SPARSE_MARK = b"S"
+
+
+class Attr(NamedTuple):
+    """What the index knows of one inode (``extra``: symlink target or sparse map)."""
+
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    nlink: int
+    size: int
+    mtime_ns: int
+    rdev: int
+    layer: int
+    data_offset: int
+    first: int
+    count: int
+    parent: int
+
+
+class _Pool:
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, data: bytes) -> int:
+        off = self.size
+        self.parts.append(data)
+        self.size += len(data)
+        return off
+
+
+def _encode_xattrs(xattrs: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    return b"".join(_XATTR_LEN.pack(len(k), len(v)) + k + v for k, v in xattrs)
+
+
+def write_index(root: Node, meta: dict[str, Any], path: str) -> None:
+    """Serialise the merged tree ``root`` to ``path``, atomically.
+
+    The file appears under its name only when complete and synced, so an
+    interrupted build leaves nothing a later mount could use.
+    """
+    # Breadth-first numbering: every directory's children get consecutive dirents.
+    inos: dict[int, int] = {id(root): ROOT_INO}
+    nodes: list[Node] = [root]
+    parents: list[int] = [ROOT_INO]
+    nlinks: list[int] = [2]
+    dir_ranges: dict[int, tuple[int, int]] = {}
+    dirents = bytearray()
+    pool = _Pool()
+    ndirents = 0
+    i = 0
+    while i < len(nodes):
+        node = nodes[i]
+        i += 1
+        if node.children is None:
+            continue
+        first = ndirents
+        subdirs = 0
+        for name in sorted(node.children):
+            child = node.children[name]
+            ino = inos.get(id(child))
+            if ino is None:
+                ino = len(nodes) + 1
+                inos[id(child)] = ino
+                nodes.append(child)
+                parents.append(inos[id(node)])
+                nlinks.append(2 if child.children is not None else 1)
+            else:
+                nlinks[ino - 1] += 1  # another name for a hard-linked inode
+            if child.children is not None:
+                subdirs += 1
+            dirents += DIRENT.pack(pool.add(name), len(name), ino)
+            ndirents += 1
+        dir_ranges[inos[id(node)]] = (first, ndirents - first)
+        nlinks[inos[id(node)] - 1] = 2 + subdirs
+
+    inodes = bytearray(INODE.size * len(nodes))
+    for n, node in enumerate(nodes):
+        m = node.member
+        ino = n + 1
+        extra_off = extra_len = 0
+        if m.kind == stat.S_IFLNK:
+            extra_off, extra_len = pool.add(m.linkname), len(m.linkname)
+        elif m.sparse is not None:
+            # The leading marker keeps a map of zero chunks (all holes) distinct from "dense".
+            blob = _SPARSE_MARK + b"".join(_SPARSE.pack(o, ln) for o, ln in m.sparse)
+            extra_off, extra_len = pool.add(blob), len(blob)
+        xattr_off = xattr_len = 0
+        if m.xattrs:
+            blob = _encode_xattrs(m.xattrs)
+            xattr_off, xattr_len = pool.add(blob), len(blob)
+        first, count = dir_ranges.get(ino, (0, 0))
+        INODE.pack_into(
+            inodes, n * INODE.size,
+            m.kind | m.mode, m.uid, m.gid, nlinks[n], m.size, m.mtime_ns, m.rdev, node.layer,
+            m.offset, extra_off, extra_len, xattr_off, xattr_len, first, count, parents[n],
+        )
+    meta_raw = json.dumps(meta, sort_keys=True).encode()
+    inode_off = HEADER.size
+    dirent_off = inode_off + len(inodes)
+    pool_off = dirent_off + len(dirents)
+    meta_off = pool_off + pool.size
+    header = HEADER.pack(MAGIC, FORMAT_VERSION, len(nodes), ndirents, inode_off, dirent_off,
+                         pool_off, pool.size, meta_off, len(meta_raw))
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header)
+            f.write(inodes)
+            f.write(dirents)
+            for part in pool.parts:
+                f.write(part)
+            f.write(meta_raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class Index:
+    """Read-only queries over an index file.
+
+    Raises:
+        IndexCacheError: the file is missing, truncated, or of another version.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as e:
+            raise IndexCacheError(f"cannot read index {path}: {e}") from None
+        mm = self._mm
+        if len(mm) < HEADER.size:
+            raise IndexCacheError(f"index {path} is truncated")
+        (magic, version, self.n_inodes, self.n_dirents, self._inodes, self._dirents,
+         self._pool, pool_len, meta_off, meta_len) = HEADER.unpack_from(mm, 0)
+        if magic != MAGIC or version != FORMAT_VERSION:
+            raise IndexCacheError(f"index {path} is of another format or version")
+        if meta_off + meta_len != len(mm) or self._inodes + self.n_inodes * INODE.size != self._dirents:
+            raise IndexCacheError(f"index {path} is truncated or corrupt")
+        try:
+            self.meta: dict[str, Any] = json.loads(mm[meta_off:meta_off + meta_len])
+        except ValueError:
+            raise IndexCacheError(f"index {path} is corrupt") from None
+
+    def attr(self, ino: int) -> Attr:
+        """The attributes of inode ``ino`` (1 <= ino <= n_inodes)."""
+        (mode, uid, gid, nlink, size, mtime_ns, rdev, layer, data_off, _eo, _el, _xo, _xl,
+         first, count, parent) = INODE.unpack_from(self._mm, self._inodes + (ino - 1) * INODE.size)
+        return Attr(ino, mode, uid, gid, nlink, size, mtime_ns, rdev, layer, data_off, first, count, parent)
+
+    def valid(self, ino: int) -> bool:
+        return 1 <= ino <= self.n_inodes
+
+    def _name(self, pos: int) -> tuple[bytes, int]:
+        off, ln, ino = DIRENT.unpack_from(self._mm, self._dirents + pos * DIRENT.size)
+        start = self._pool + off
+        return self._mm[start:start + ln], ino
+
+    def lookup(self, parent: int, name: bytes) -> int:
+        """The inode named ``name`` in directory ``parent``, or 0: a binary search."""
+        a = self.attr(parent)
+        lo, hi = a.first, a.first + a.count
+        while lo < hi:
+            mid = (lo + hi) // 2
+            key, ino = self._name(mid)
+            if key < name:
+                lo = mid + 1
+            elif key > name:
+                hi = mid
+            else:
+                return ino
+        return 0
+
+    def entries(self, ino: int, start: int = 0) -> Iterator[tuple[int, bytes, int]]:
+        """``(position, name, inode)`` of directory ``ino`` from ``start`` on.
+
+        Positions are stable, so ``position + 1`` is a valid resume point.
+        """
+        a = self.attr(ino)
+        for pos in range(max(start, 0), a.count):
+            name, child = self._name(a.first + pos)
+            yield pos, name, child
+
+    def _extra(self, ino: int) -> bytes:
+        fields = INODE.unpack_from(self._mm, self._inodes + (ino - 1) * INODE.size)
+        start = self._pool + fields[9]
+        return self._mm[start:start + fields[10]]
+
+    def readlink(self, ino: int) -> bytes:
+        return self._extra(ino)
+
+    def sparse_map(self, ino: int) -> list[tuple[int, int]] | None:
+        fields = INODE.unpack_from(self._mm, self._inodes + (ino - 1) * INODE.size)
+        if not stat.S_ISREG(fields[0]) or fields[10] == 0:
+            return None
+        raw = self._extra(ino)
+        return [_SPARSE.unpack_from(raw, i) for i in range(1, len(raw), _SPARSE.size)]
+
+    def xattrs(self, ino: int) -> dict[bytes, bytes]:
+        fields = INODE.unpack_from(self._mm, self._inodes + (ino - 1) * INODE.size)
+        start, end = self._pool + fields[11], self._pool + fields[11] + fields[12]
+        out = {}
+        pos = start
+        while pos < end:
+            kl, vl = _XATTR_LEN.unpack_from(self._mm, pos)
+            pos += _XATTR_LEN.size
+            out[self._mm[pos:pos + kl]] = self._mm[pos + kl:pos + kl + vl]
+            pos += kl + vl
+        return out
+
+    def close(self) -> None:
+        self._mm.close()

@@ -1,0 +1,299 @@
+"""Which images an archive holds, and each image's layers, base first.
+
+Three layouts are read, in this order of preference:
+
+* ``manifest.json`` (``docker save`` of Docker 1.10+, podman, skopeo, and
+  Docker 25+, whose archive is also an OCI layout: manifest.json wins there);
+* an OCI image layout (``oci-layout`` + ``index.json`` + ``blobs/``), as
+  ``podman save --format oci-archive`` and skopeo write it;
+* the legacy v1.0 layout (``repositories`` + ``<id>/json`` + ``<id>/layer.tar``),
+  layers ordered by walking the ``parent`` chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .archive import Archive
+from .errors import ImageFormatError, ImageSelectError
+
+__all__ = ["Image", "LayerRef", "read_images", "select_image"]
+
+_OCI_INDEX_TYPES = {
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+}
+_REF_NAME = "org.opencontainers.image.ref.name"
+
+
+@dataclass(frozen=True, slots=True)
+class LayerRef:
+    """One layer as the manifest names it.
+
+    ``member`` is the archive member with the layer's bytes (compressed or
+    not; `imagefs.blobs.sniff` decides).  ``digest`` is the blob's digest
+    where the layout records it, ``diff_id`` the digest of the uncompressed tar
+    from the image config.
+    """
+
+    member: bytes
+    digest: str | None
+    diff_id: str | None
+    media_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """An image in an archive: its id, tags and layers (base first)."""
+
+    id: str
+    tags: tuple[str, ...]
+    layers: tuple[LayerRef, ...]
+    config: dict[str, Any] = field(default_factory=dict, compare=False)
+    platform: str | None = None
+
+    @property
+    def short_id(self) -> str:
+        return self.id.removeprefix("sha256:")[:12]
+
+
+def _json(archive: Archive, name: bytes) -> Any:
+    raw = archive.read(name)
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ImageFormatError(f"{archive.path}: {name.decode(errors='replace')} is not valid JSON") from None
+
+
+def _blob_member(digest: Any, archive: Archive) -> bytes:
+    if not isinstance(digest, str) or ":" not in digest:
+        raise ImageFormatError(f"{archive.path}: bad digest {digest!r} in the OCI layout")
+    algo, _, hexd = digest.partition(":")
+    if not algo.isalnum() or not hexd.isalnum():
+        raise ImageFormatError(f"{archive.path}: bad digest {digest!r} in the OCI layout")
+    return f"blobs/{algo}/{hexd}".encode()
+
+
+def _diff_ids(config: Any) -> list[str | None]:
+    try:
+        ids = config["rootfs"]["diff_ids"]
+        return [d if isinstance(d, str) else None for d in ids]
+    except (KeyError, TypeError):
+        return []
+
+
+def _check_layers(archive: Archive, layers: list[LayerRef]) -> None:
+    for layer in layers:
+        if not archive.exists(layer.member):
+            raise ImageFormatError(
+                f"{archive.path}: the manifest names layer {layer.member.decode(errors='replace')}, "
+                "which the archive does not hold"
+            )
+
+
+def _from_manifest_json(archive: Archive) -> list[Image]:
+    doc = _json(archive, b"manifest.json")
+    if not isinstance(doc, list) or not doc:
+        raise ImageFormatError(f"{archive.path}: manifest.json lists no images")
+    images = []
+    for entry in doc:
+        if not isinstance(entry, dict) or not isinstance(entry.get("Layers"), list) or "Config" not in entry:
+            raise ImageFormatError(f"{archive.path}: manifest.json has an entry without Config and Layers")
+        config_name = str(entry["Config"]).encode()
+        config_raw = archive.read(config_name)
+        try:
+            config = json.loads(config_raw)
+        except ValueError:
+            raise ImageFormatError(f"{archive.path}: image config {entry['Config']} is not valid JSON") from None
+        diff_ids = _diff_ids(config)
+        layers = []
+        for i, name in enumerate(entry["Layers"]):
+            if not isinstance(name, str):
+                raise ImageFormatError(f"{archive.path}: manifest.json has a layer that is not a file name")
+            layers.append(LayerRef(
+                member=name.encode(),
+                digest=("sha256:" + name.split("/")[-1]) if name.startswith("blobs/sha256/") else None,
+                diff_id=diff_ids[i] if i < len(diff_ids) else None,
+                media_type=None,
+            ))
+        _check_layers(archive, layers)
+        tags = tuple(t for t in entry.get("RepoTags") or () if isinstance(t, str))
+        images.append(Image("sha256:" + hashlib.sha256(config_raw).hexdigest(), tags, tuple(layers), config))
+    return images
+
+
+def _oci_manifests(archive: Archive, desc: dict[str, Any], ref: str | None,
+                   depth: int) -> list[tuple[dict[str, Any], str | None, str | None]]:
+    """Leaf image manifests under an index descriptor, with ref name and platform."""
+    if depth > 8:
+        raise ImageFormatError(f"{archive.path}: OCI indexes nest too deep")
+    ref = (desc.get("annotations") or {}).get(_REF_NAME, ref)
+    doc = _json(archive, _blob_member(desc.get("digest"), archive))
+    if not isinstance(doc, dict):
+        raise ImageFormatError(f"{archive.path}: OCI manifest {desc.get('digest')} is not an object")
+    if desc.get("mediaType") in _OCI_INDEX_TYPES or doc.get("mediaType") in _OCI_INDEX_TYPES or (
+        "manifests" in doc and "layers" not in doc
+    ):
+        out = []
+        for child in doc.get("manifests") or []:
+            out.extend(_oci_manifests(archive, child, ref, depth + 1))
+        return out
+    plat = desc.get("platform")
+    platform = None
+    if isinstance(plat, dict) and plat.get("os"):
+        platform = "/".join(str(p) for p in (plat.get("os"), plat.get("architecture"), plat.get("variant")) if p)
+    return [(doc, ref, platform)]
+
+
+def _from_oci_layout(archive: Archive) -> list[Image]:
+    index = _json(archive, b"index.json")
+    if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
+        raise ImageFormatError(f"{archive.path}: index.json has no manifests list")
+    images = []
+    for desc in index["manifests"]:
+        if not isinstance(desc, dict):
+            raise ImageFormatError(f"{archive.path}: index.json has a manifest that is not an object")
+        for doc, ref, platform in _oci_manifests(archive, desc, None, 0):
+            config_desc = doc.get("config") or {}
+            config = _json(archive, _blob_member(config_desc.get("digest"), archive))
+            diff_ids = _diff_ids(config)
+            layer_descs = doc.get("layers")
+            if not isinstance(layer_descs, list):
+                raise ImageFormatError(f"{archive.path}: OCI manifest without a layers list")
+            layers = []
+            for i, ld in enumerate(layer_descs):
+                if not isinstance(ld, dict):
+                    raise ImageFormatError(f"{archive.path}: OCI manifest has a bad layer descriptor")
+                layers.append(LayerRef(
+                    member=_blob_member(ld.get("digest"), archive),
+                    digest=ld.get("digest"),
+                    diff_id=diff_ids[i] if i < len(diff_ids) else None,
+                    media_type=ld.get("mediaType"),
+                ))
+            _check_layers(archive, layers)
+            tags = (ref,) if ref else ()
+            images.append(Image(str(config_desc.get("digest")), tags, tuple(layers), config, platform))
+    return images
+
+
+def _from_legacy(archive: Archive) -> list[Image]:
+    tops: dict[str, list[str]] = {}
+    if archive.exists(b"repositories"):
+        repos = _json(archive, b"repositories")
+        if not isinstance(repos, dict):
+            raise ImageFormatError(f"{archive.path}: repositories is not a JSON object")
+        for repo, tagmap in repos.items():
+            if not isinstance(tagmap, dict):
+                raise ImageFormatError(f"{archive.path}: repositories entry {repo} is not an object")
+            for tag, layer_id in tagmap.items():
+                tops.setdefault(str(layer_id), []).append(f"{repo}:{tag}")
+    else:
+        ids = {p.split(b"/")[0].decode(errors="replace") for p in archive.members if p.endswith(b"/json")}
+        parents = set()
+        for i in ids:
+            parent = _json(archive, f"{i}/json".encode()).get("parent")
+            if parent:
+                parents.add(parent)
+        tops = {i: [] for i in sorted(ids - parents)}
+    images = []
+    for top, tags in tops.items():
+        chain: list[str] = []
+        config: dict[str, Any] = {}
+        layer_id: str | None = top
+        while layer_id:
+            if layer_id in chain:
+                raise ImageFormatError(f"{archive.path}: the legacy parent chain of {top[:12]} loops")
+            name = f"{layer_id}/json".encode()
+            if not archive.exists(name):
+                raise ImageFormatError(f"{archive.path}: legacy layer {layer_id[:12]} has no json")
+            meta = _json(archive, name)
+            if not isinstance(meta, dict):
+                raise ImageFormatError(f"{archive.path}: {layer_id[:12]}/json is not an object")
+            if not chain:
+                config = meta
+            chain.append(layer_id)
+            parent = meta.get("parent")
+            layer_id = parent if isinstance(parent, str) else None
+        chain.reverse()
+        layers = [LayerRef(f"{i}/layer.tar".encode(), None, None, None) for i in chain]
+        _check_layers(archive, layers)
+        images.append(Image(top, tuple(sorted(tags)), tuple(layers), config))
+    return images
+
+
+def read_images(archive: Archive) -> list[Image]:
+    """Every image in ``archive``, in the order the archive lists them.
+
+    Raises:
+        ImageFormatError: the archive is not an image archive, or is inconsistent.
+    """
+    if archive.exists(b"manifest.json"):
+        images = _from_manifest_json(archive)
+    elif archive.exists(b"index.json"):
+        images = _from_oci_layout(archive)
+    elif archive.exists(b"repositories") or any(p.endswith(b"/layer.tar") for p in archive.members):
+        images = _from_legacy(archive)
+    else:
+        raise ImageFormatError(
+            f"{archive.path} is a tar archive but not a container image "
+            "(no manifest.json, index.json or repositories)"
+        )
+    if not images:
+        raise ImageFormatError(f"{archive.path} holds no images")
+    return images
+
+
+def normalize_ref(ref: str) -> str:
+    """``ubuntu`` -> ``ubuntu:latest``; ``docker.io/library/x:t`` -> ``x:t``."""
+    name, _, digest = ref.partition("@")
+    last = name.rsplit("/", 1)[-1]
+    if ":" not in last and not digest:
+        name += ":latest"
+    for prefix in ("docker.io/library/", "index.docker.io/library/", "docker.io/", "index.docker.io/"):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+            break
+    return name + ("@" + digest if digest else "")
+
+
+def describe(images: list[Image]) -> str:
+    return "; ".join(
+        f"{n}: {', '.join(img.tags) or '<untagged>'} ({img.short_id})" for n, img in enumerate(images, 1)
+    )
+
+
+def select_image(images: list[Image], ref: str | None, archive_path: str) -> Image:
+    """Pick one image by tag, id prefix or 1-based index.
+
+    Tags match with or without ``docker.io/library/`` and with ``:latest``
+    implied; a name without a registry also matches ``localhost/NAME``.
+
+    Raises:
+        ImageSelectError: ``ref`` matches nothing or several images, or the
+            archive holds several images and ``ref`` is None.
+    """
+    if ref is None:
+        if len(images) == 1:
+            return images[0]
+        raise ImageSelectError(
+            f"{archive_path} holds {len(images)} images; choose one with --image: {describe(images)}"
+        )
+    if ref.isdigit() and len(ref) <= 4 and 1 <= int(ref) <= len(images):
+        return images[int(ref) - 1]
+    want = normalize_ref(ref)
+    exact = [img for img in images if any(normalize_ref(t) == want for t in img.tags)]
+    if not exact:
+        exact = [img for img in images if any(normalize_ref(t).endswith("/" + want) for t in img.tags)]
+    if not exact:
+        hexref = ref.removeprefix("sha256:").lower()
+        if len(hexref) >= 4 and all(c in "0123456789abcdef" for c in hexref):
+            exact = [img for img in images if img.id.removeprefix("sha256:").startswith(hexref)]
+    unique = list({id(img): img for img in exact}.values())
+    if len(unique) == 1:
+        return unique[0]
+    if not unique:
+        raise ImageSelectError(f"no image {ref!r} in {archive_path}; it holds {describe(images)}")
+    raise ImageSelectError(f"{ref!r} is ambiguous in {archive_path}: {describe(unique)}")

@@ -1,0 +1,263 @@
+"""Serving a tree on a mountpoint: options, the daemon, readiness, signals, unmount.
+
+``imagefs mount`` builds (or reuses) the index in the calling process, where
+progress and errors reach the user's terminal, and then starts the daemon as
+a fresh process that only maps the index: its memory holds no trace of the
+indexing.  The daemon reports on a pipe once the kernel mount exists; the
+caller exits 0 only then, or prints the daemon's one-line error.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from .errors import ImageFSError, MountError
+
+__all__ = ["MountOptions", "check_mountpoint", "fuse_options", "serve", "spawn_daemon", "unmount"]
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 30.0
+# Always on, whatever -o says: a read-only view of someone else's image must
+# not grant device access or setuid power through the mount.
+_FORCED = ("ro", "nosuid", "nodev", "default_permissions")
+
+
+@dataclass(frozen=True, slots=True)
+class MountOptions:
+    """``extra``: the user's ``-o`` options, already split; ``debug``: FUSE request logging."""
+
+    extra: tuple[str, ...] = ()
+    debug: bool = False
+    log_file: str | None = None
+    foreground: bool = False
+    allow_other: bool = False
+    fsname: str = "imagefs"
+    ro: bool = True
+
+
+def fuse_options(opts: MountOptions) -> set[str]:
+    """The libfuse mount options for ``opts``: our defaults, then the user's."""
+    out = {f"fsname={opts.fsname}", "subtype=imagefs"}
+    out.update(o for o in _FORCED if opts.ro or o != "ro")
+    for o in opts.extra:
+        if o in ("rw", "suid", "dev") and opts.ro:
+            raise MountError(f"-o {o} is not possible: an imagefs mount is read-only, nosuid and nodev")
+        if o.startswith("fsname="):
+            out = {x for x in out if not x.startswith("fsname=")}
+        out.add(o)
+    if opts.allow_other:
+        out.add("allow_other")
+    if opts.debug:
+        out.add("debug")
+    return out
+
+
+def split_o(values: tuple[str, ...]) -> tuple[str, ...]:
+    """``-o a,b -o c`` -> ``("a", "b", "c")``, as mount(8) reads them."""
+    return tuple(o.strip() for v in values for o in v.split(",") if o.strip())
+
+
+def check_mountpoint(path: str) -> str:
+    """The absolute mountpoint, or a MountError saying why it cannot be used."""
+    mp = os.path.abspath(path)
+    try:
+        st = os.stat(mp)
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise MountError(f"{mp} is a stale mount (its daemon died); run: imagefs umount {mp}") from None
+        if e.errno == errno.ENOENT:
+            raise MountError(f"mountpoint {mp} does not exist") from None
+        raise MountError(f"mountpoint {mp}: {e.strerror}") from None
+    import stat as _stat
+
+    if not _stat.S_ISDIR(st.st_mode):
+        raise MountError(f"mountpoint {mp} is not a directory")
+    if os.path.ismount(mp):
+        raise MountError(f"{mp} is already a mount point")
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("FUSE is not available: /dev/fuse is missing (install fuse3, load the fuse module)")
+    return mp
+
+
+def serve(tree: object, mountpoint: str, opts: MountOptions, on_ready: "callable[[], None] | None" = None) -> None:
+    """Mount ``tree`` at ``mountpoint`` and serve until unmounted or signalled.
+
+    SIGINT, SIGTERM and SIGHUP unmount cleanly; the mount is always removed on
+    the way out, even after an error.
+    """
+    import pyfuse3
+    import trio
+
+    from .fuseops import ReadOnlyOperations
+    from .tree import ImageTree
+
+    assert isinstance(tree, ImageTree)
+    ops = ReadOnlyOperations(tree)
+    try:
+        pyfuse3.init(ops, mountpoint, fuse_options(opts))
+    except RuntimeError as e:
+        raise MountError(f"cannot mount {mountpoint}: {e}") from None
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            async def on_signals() -> None:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+                    async for _sig in signals:
+                        pyfuse3.terminate()
+                        return
+
+            nursery.start_soon(on_signals)
+            if on_ready is not None:
+                on_ready()
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        pyfuse3.close(unmount=True)
+
+
+def spawn_daemon(request: dict[str, object], mountpoint: str, log_file: str | None) -> None:
+    """Start the daemon for ``request`` and return once the mount is usable.
+
+    Raises:
+        MountError: the daemon failed (its message), died, or did not become ready in time.
+    """
+    rfd, wfd = os.pipe()
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    request = dict(request, ready_fd=wfd)
+    stderr = open(log_file, "ab") if log_file else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from imagefs.mount import daemon_main; daemon_main()", json.dumps(request)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+            pass_fds=(wfd,), start_new_session=True, env=env, cwd="/",
+        )
+    finally:
+        os.close(wfd)
+        if log_file:
+            stderr.close()  # type: ignore[union-attr]
+    deadline = time.monotonic() + READY_TIMEOUT
+    msg = b""
+    with os.fdopen(rfd, "rb", buffering=0) as ready:
+        import select
+
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([ready], [], [], 0.2)
+            if r:
+                chunk = ready.read(4096)
+                if not chunk:
+                    break
+                msg += chunk
+                if msg.endswith(b"\n"):
+                    break
+    text = msg.decode(errors="replace").strip()
+    if text == "ok":
+        return
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if os.path.ismount(mountpoint):
+            unmount(mountpoint)
+        raise MountError(f"the imagefs daemon did not become ready within {READY_TIMEOUT:.0f}s")
+    if text.startswith("error: "):
+        raise MountError(text[len("error: "):])
+    raise MountError(f"the imagefs daemon exited with status {proc.wait()} before the mount was ready")
+
+
+def daemon_main() -> None:
+    """Entry of the daemon process: open the index, mount, report, serve."""
+    request = json.loads(sys.argv[1])
+    ready_fd = int(request["ready_fd"])
+    logging.basicConfig(level=logging.DEBUG if request.get("debug") else logging.WARNING,
+                        format="imagefs[%(process)d] %(levelname)s %(name)s: %(message)s")
+    reported = False
+
+    def report(line: str) -> None:
+        nonlocal reported
+        if not reported:
+            reported = True
+            try:
+                os.write(ready_fd, (line + "\n").encode())
+                os.close(ready_fd)
+            except OSError:
+                pass
+
+    try:
+        from .index import Index
+        from .tree import ImageTree
+
+        tree = ImageTree(Index(request["index"]))
+        opts = MountOptions(extra=tuple(request["options"]), debug=bool(request.get("debug")),
+                            allow_other=bool(request.get("allow_other")))
+        serve(tree, request["mountpoint"], opts, on_ready=lambda: report("ok"))
+    except ImageFSError as e:
+        report(f"error: {e}")
+        sys.exit(1)
+    except BaseException as e:  # the parent must hear something, whatever happened
+        log.exception("daemon failed")
+        report(f"error: the daemon failed: {e!r}")
+        sys.exit(1)
+
+
+def _fusermount() -> str | None:
+    return shutil.which("fusermount3") or shutil.which("fusermount")
+
+
+def is_stale(mountpoint: str) -> bool:
+    try:
+        os.stat(mountpoint)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
+
+
+def unmount(mountpoint: str, timeout: float = 10.0) -> None:
+    """Unmount an imagefs mount, also one whose daemon died ("not connected").
+
+    Raises:
+        MountError: it is not mounted, or it is busy.
+    """
+    mp = os.path.abspath(mountpoint)
+    stale = is_stale(mp)
+    if not stale and not os.path.ismount(mp):
+        raise MountError(f"{mp} is not mounted")
+    tool = _fusermount()
+    cmds = []
+    if tool:
+        cmds.append([tool, "-u", "-q", mp])
+        if stale:
+            cmds.append([tool, "-u", "-z", "-q", mp])
+    if os.geteuid() == 0:
+        cmds.append(["umount", mp])
+        if stale:
+            cmds.append(["umount", "-l", mp])
+    last = ""
+    for cmd in cmds:
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode == 0:
+            break
+        last = (r.stderr or r.stdout).strip().splitlines()[-1:] and (r.stderr or r.stdout).strip().splitlines()[-1]
+    else:
+        if "busy" in last.lower():
+            raise MountError(f"{mp} is busy (a process is using it); close it and retry")
+        raise MountError(f"cannot unmount {mp}: {last or 'no fusermount3 or umount available'}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (os.path.ismount(mp) or is_stale(mp)):
+        time.sleep(0.05)

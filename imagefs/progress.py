@@ -1,0 +1,74 @@
+"""Progress of long work (indexing), reported through one small interface.
+
+The library never prints: it calls a `Progress` the caller passes in.  The
+CLI passes `TerminalProgress`, which draws a bar on stderr only when stderr is
+a terminal and the work has already taken about a second.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Protocol, TextIO
+
+__all__ = ["Progress", "TerminalProgress"]
+
+
+class Progress(Protocol):
+    def start(self, total_bytes: int, what: str) -> None: ...
+
+    def update(self, done_bytes: int, members: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+class TerminalProgress:
+    """A one-line bar: bytes done of total, members indexed, rate, time left."""
+
+    def __init__(self, stream: TextIO | None = None, delay: float = 1.0) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self.delay = delay
+        self.total = 0
+        self.what = ""
+        self.t0 = time.monotonic()
+        self.last_draw = 0.0
+        self.drawn = False
+
+    def start(self, total_bytes: int, what: str) -> None:
+        self.total = max(total_bytes, 1)
+        self.what = what
+        self.t0 = time.monotonic()
+
+    def update(self, done_bytes: int, members: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        elapsed = now - self.t0
+        if elapsed < self.delay or now - self.last_draw < 0.1:
+            return
+        self.last_draw = now
+        frac = min(done_bytes / self.total, 1.0)
+        rate = done_bytes / elapsed if elapsed > 0 else 0.0
+        left = (self.total - done_bytes) / rate if rate > 0 else 0.0
+        bar = "#" * int(frac * 24)
+        self.stream.write(
+            f"\r{self.what}: [{bar:<24}] {frac * 100:5.1f}% {_human(done_bytes)}/{_human(self.total)} "
+            f"{members} members {_human(rate)}/s {left:4.0f}s left \x1b[K"
+        )
+        self.stream.flush()
+        self.drawn = True
+
+    def finish(self) -> None:
+        if self.drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.drawn = False

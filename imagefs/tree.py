@@ -1,0 +1,141 @@
+"""The library face: a merged image tree you can look up, list and read without FUSE.
+
+    >>> from imagefs import ImageTree
+    >>> with ImageTree.open("ubuntu.tar") as tree:
+    ...     ino = tree.resolve(b"etc/os-release")
+    ...     tree.read(ino, 0, 4096)
+
+Inode numbers are those of the index (1 is the root) and are stable for the
+life of the object.  Reads go to the layer bytes inside the archive with
+positional reads; nothing is extracted.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Iterator
+
+from . import blobs
+from .blobs import Blob, FileBlob, Span
+from .build import BuildOptions, open_index
+from .errors import ArchiveError
+from .index import ROOT_INO, Attr, Index
+from .progress import Progress
+
+__all__ = ["ImageTree"]
+
+
+class ImageTree:
+    """A read-only merged image filesystem, addressed by inode number."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+        meta = index.meta
+        path = meta["archive"]["path"]
+        self.archive = FileBlob(path)
+        st = os.fstat(self.archive.fd)
+        if (st.st_size, st.st_mtime_ns) != (meta["archive"]["size"], meta["archive"]["mtime_ns"]):
+            self.archive.close()
+            raise ArchiveError(f"{path} changed while it was being opened")
+        outer = blobs.open_stream(self.archive, meta["outer_compression"], path)
+        self.layers: list[Blob] = []
+        for i, layer in enumerate(meta["layers"]):
+            span = Span(outer, layer["base"], layer["length"])
+            self.layers.append(blobs.open_stream(span, layer["compression"], f"{path}: layer {i + 1}"))
+
+    @classmethod
+    def open(cls, archive_path: str, options: BuildOptions | None = None,
+             progress: Progress | None = None) -> "ImageTree":
+        """Index (or reuse the cached index of) ``archive_path`` and open its tree.
+
+        Raises:
+            ImageFSError: the archive cannot be read as an image.
+        """
+        index, tmp = open_index(archive_path, options or BuildOptions(), progress)
+        try:
+            return cls(index)
+        finally:
+            if tmp is not None:
+                os.unlink(tmp)  # the mmap keeps the file alive as long as it is needed
+
+    def __enter__(self) -> "ImageTree":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.index.close()
+        self.archive.close()
+
+    # -- lookups -------------------------------------------------------------
+
+    root = ROOT_INO
+
+    def attr(self, ino: int) -> Attr:
+        return self.index.attr(ino)
+
+    def lookup(self, parent: int, name: bytes) -> int:
+        """The inode of ``name`` in directory ``parent``, or 0 if there is none."""
+        if not stat.S_ISDIR(self.index.attr(parent).mode):
+            return 0
+        return self.index.lookup(parent, name)
+
+    def resolve(self, path: bytes) -> int:
+        """The inode at image path ``path`` (symlinks are not followed), or 0."""
+        ino = ROOT_INO
+        for part in path.strip(b"/").split(b"/"):
+            if part:
+                ino = self.lookup(ino, part)
+                if not ino:
+                    return 0
+        return ino
+
+    def entries(self, ino: int, start: int = 0) -> Iterator[tuple[int, bytes, int]]:
+        """``(position, name, inode)`` of a directory, from position ``start``."""
+        return self.index.entries(ino, start)
+
+    def listdir(self, ino: int) -> list[bytes]:
+        return [name for _pos, name, _ino in self.index.entries(ino)]
+
+    def readlink(self, ino: int) -> bytes:
+        return self.index.readlink(ino)
+
+    def xattrs(self, ino: int) -> dict[bytes, bytes]:
+        return self.index.xattrs(ino)
+
+    # -- data ----------------------------------------------------------------
+
+    def read(self, ino: int, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of regular file ``ino`` from ``offset``.
+
+        Raises:
+            OSError: EIO if the archive no longer holds the bytes the index promised.
+        """
+        a = self.index.attr(ino)
+        if offset >= a.size or size <= 0:
+            return b""
+        size = min(size, a.size - offset)
+        sparse = self.index.sparse_map(ino)
+        if sparse is not None:
+            return self._read_sparse(a, sparse, offset, size)
+        data = self.layers[a.layer].pread(size, a.data_offset + offset)
+        if len(data) != size:
+            raise OSError(errno.EIO, "archive data is missing (truncated or changed archive?)")
+        return data
+
+    def _read_sparse(self, a: Attr, chunks: list[tuple[int, int]], offset: int, size: int) -> bytes:
+        out = bytearray(size)
+        stored = 0  # where each chunk's bytes start in the member's data
+        end = offset + size
+        for chunk_off, chunk_len in chunks:
+            lo, hi = max(offset, chunk_off), min(end, chunk_off + chunk_len)
+            if lo < hi:
+                data = self.layers[a.layer].pread(hi - lo, a.data_offset + stored + lo - chunk_off)
+                if len(data) != hi - lo:
+                    raise OSError(errno.EIO, "archive data is missing (truncated or changed archive?)")
+                out[lo - offset:hi - offset] = data
+            stored += chunk_len
+        return bytes(out)
