@@ -33,18 +33,22 @@ class Archive:
         members: normalised member path -> its tar `Member` (later duplicates win).
     """
 
-    def __init__(self, path: str, on_progress: Callable[[int, int], None] | None = None) -> None:
+    def __init__(self, path: str, state: str | None = None,
+                 on_progress: Callable[[int, int], None] | None = None) -> None:
         self.path = path
         self.file = FileBlob(path)
         if self.file.length == 0:
             raise ArchiveError(f"{path} is empty, not an image archive")
         self.compression = blobs.sniff(self.file)
-        self.blob: Blob = blobs.open_stream(self.file, self.compression, path)
+        self.state = state if self.compression != "none" else None
+        self.blob: Blob = blobs.open_stream(self.file, self.compression, path, self.state)
         self.members: dict[bytes, Member] = {}
         try:
             for m in scan(self.blob, self.blob.length, on_progress=on_progress):
                 self.members[m.path] = m
-        except TarFormatError as e:
+        except (TarFormatError, OSError) as e:
+            if isinstance(e, OSError) and self.compression == "none":
+                raise ArchiveError(f"cannot read {path}: {e.strerror}") from None
             if not self.members:
                 raise ArchiveError(f"{path} is not a tar archive ({e})") from None
             raise ArchiveError(f"{path}: {e}") from None

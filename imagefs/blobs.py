@@ -8,14 +8,17 @@ one blob at once.
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import stat
-from typing import Protocol
+from typing import Any, Protocol
 
 from .errors import ArchiveError
 
 __all__ = [
     "Blob",
+    "BlobFile",
     "FileBlob",
     "Span",
     "open_stream",
@@ -91,8 +94,57 @@ def sniff(blob: Blob) -> str:
     return "none"
 
 
-def open_stream(raw: Blob, compression: str, what: str) -> Blob:
-    """The uncompressed view of ``raw``, whose compression `sniff` found."""
+def open_stream(raw: Blob, compression: str, what: str, state: str | None = None) -> Blob:
+    """The uncompressed view of ``raw``, whose compression `sniff` found.
+
+    ``state`` is a path prefix where a compressed blob keeps what makes
+    random access cheap (seek points, a decompressed copy); None keeps it in
+    memory only.
+    """
     if compression == "none":
         return raw
-    raise ArchiveError(f"{what}: {compression}-compressed data is not supported yet")
+    if compression == "gzip":
+        from .gzipblob import GzipBlob
+
+        return GzipBlob(raw, what, state)
+    if compression == "zstd":
+        from .zstdblob import ZstdBlob
+
+        return ZstdBlob(raw, what, state)
+    raise ArchiveError(f"{what}: unknown compression {compression}")
+
+
+class BlobFile(io.RawIOBase):
+    """A read-only file object over a Blob, for libraries that want one."""
+
+    def __init__(self, blob: Blob) -> None:
+        super().__init__()
+        self.blob = blob
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            self.pos = offset
+        elif whence == io.SEEK_CUR:
+            self.pos += offset
+        else:
+            if self.blob.length is None:
+                raise OSError(errno.ESPIPE, "length unknown")
+            self.pos = self.blob.length + offset
+        return self.pos
+
+    def readinto(self, b: Any) -> int:
+        data = self.blob.pread(len(b), self.pos)
+        n = len(data)
+        b[:n] = data
+        self.pos += n
+        return n

@@ -57,10 +57,22 @@ def _layers_to_use(image: Image, layer: int | None, archive_path: str) -> int:
     return upto
 
 
-def build_index(archive_path: str, opts: BuildOptions, dest: str, progress: Progress | None = None) -> None:
-    """Scan the archive's layers and write the merged index to ``dest``."""
+def _save_state(blob: object) -> None:
+    save = getattr(blob, "save_state", None)
+    if save is not None:
+        save()
+
+
+def build_index(archive_path: str, opts: BuildOptions, dest: str, progress: Progress | None = None,
+                state_dir: str | None = None) -> None:
+    """Scan the archive's layers and write the merged index to ``dest``.
+
+    ``state_dir`` keeps what compressed blobs need for random access later
+    (seek points); None keeps nothing.
+    """
     ident = cache.identity_of(archive_path)
-    archive = Archive(archive_path)
+    outer_state = cache.blob_state(state_dir, ident, None, None) if state_dir else None
+    archive = Archive(archive_path, outer_state)
     try:
         images = read_images(archive)
         image = select_image(images, opts.image, archive_path)
@@ -75,7 +87,8 @@ def build_index(archive_path: str, opts: BuildOptions, dest: str, progress: Prog
         members = 0
         for i, (ref, span) in enumerate(zip(image.layers, spans)):
             compression = blobs.sniff(span)
-            stream = blobs.open_stream(span, compression, f"{archive_path}: layer {i + 1}")
+            state = cache.blob_state(state_dir, ident, ref.digest, span) if state_dir and compression != "none" else None
+            stream = blobs.open_stream(span, compression, f"{archive_path}: layer {i + 1}", state)
 
             def report(offset: int, count: int, _done: int = done) -> None:
                 if progress is not None:
@@ -86,8 +99,10 @@ def build_index(archive_path: str, opts: BuildOptions, dest: str, progress: Prog
 
             try:
                 layer_members = list(scan(stream, stream.length, warn, report))
-            except ArchiveError as e:
-                raise ArchiveError(f"{archive_path}: layer {i + 1} ({ref.member.decode(errors='replace')}): {e}") from None
+            except (ArchiveError, OSError) as e:
+                why = e.strerror if isinstance(e, OSError) else str(e)
+                raise ArchiveError(f"{archive_path}: layer {i + 1} ({ref.member.decode(errors='replace')}): {why}") from None
+            _save_state(stream)
             members += len(layer_members)
             apply_layer(root, i, layer_members, log.warning)
             del layer_members
@@ -97,16 +112,19 @@ def build_index(archive_path: str, opts: BuildOptions, dest: str, progress: Prog
                 "base": span.base,
                 "length": span.length,
                 "compression": compression,
+                "state": state,
                 "digest": ref.digest,
                 "diff_id": ref.diff_id,
             })
         meta = {
             "archive": ident.as_dict(),
             "outer_compression": archive.compression,
+            "outer_state": outer_state,
             "image": {"id": image.id, "tags": list(image.tags), "layers_total": len(image.layers)},
             "layers": layer_meta,
             "members": members,
         }
+        _save_state(archive.blob)
         try:
             write_index(root, meta, dest)
         except OSError as e:
@@ -141,7 +159,7 @@ def open_index(archive_path: str, opts: BuildOptions, progress: Progress | None 
                 log.info("rebuilding unusable index: %s", e)
         try:
             os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-            build_index(archive_path, opts, path, progress)
+            build_index(archive_path, opts, path, progress, cache_dir)
             return Index(path), None
         except (OSError, IndexCacheError) as e:
             why = e.strerror if isinstance(e, OSError) else str(e)

@@ -12,9 +12,14 @@ import hashlib
 import os
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 from .index import FORMAT_VERSION
 
-__all__ = ["ArchiveIdentity", "default_cache_dir", "identity_of", "index_path"]
+if TYPE_CHECKING:
+    from .blobs import Span
+
+__all__ = ["ArchiveIdentity", "blob_state", "default_cache_dir", "identity_of", "index_path"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +53,23 @@ def index_path(cache_dir: str, ident: ArchiveIdentity, selector: str) -> str:
         f"v{FORMAT_VERSION}\0{ident.path}\0{ident.dev}\0{ident.ino}\0{ident.size}\0{ident.mtime_ns}\0{selector}".encode()
     ).hexdigest()[:32]
     return os.path.join(cache_dir, f"{key}.idx")
+
+
+def blob_state(cache_dir: str, ident: ArchiveIdentity, digest: str | None, span: "Span | None") -> str:
+    """The path prefix for a compressed blob's random-access state (seek points, flat copy).
+
+    Layers are content-addressed: a layer with a digest shares its state with
+    every archive that holds the same blob (the length and the first bytes
+    are part of the key, so a lying digest cannot borrow another blob's seek
+    points).  The outer stream (``span`` None) is keyed by the archive.
+    """
+    if span is None:
+        key = f"outer\0{ident.path}\0{ident.dev}\0{ident.ino}\0{ident.size}\0{ident.mtime_ns}"
+    elif digest:
+        head = span.pread(1 << 16, 0)
+        key = f"{digest}\0{span.length}\0{hashlib.sha256(head).hexdigest()}"
+    else:
+        key = f"span\0{ident.path}\0{ident.size}\0{ident.mtime_ns}\0{span.base}\0{span.length}"
+    d = os.path.join(cache_dir, "blobs")
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    return os.path.join(d, hashlib.sha256(key.encode()).hexdigest()[:32])

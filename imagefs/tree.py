@@ -39,11 +39,12 @@ class ImageTree:
         if (st.st_size, st.st_mtime_ns) != (meta["archive"]["size"], meta["archive"]["mtime_ns"]):
             self.archive.close()
             raise ArchiveError(f"{path} changed while it was being opened")
-        outer = blobs.open_stream(self.archive, meta["outer_compression"], path)
+        outer = blobs.open_stream(self.archive, meta["outer_compression"], path, meta.get("outer_state"))
         self.layers: list[Blob] = []
         for i, layer in enumerate(meta["layers"]):
             span = Span(outer, layer["base"], layer["length"])
-            self.layers.append(blobs.open_stream(span, layer["compression"], f"{path}: layer {i + 1}"))
+            self.layers.append(
+                blobs.open_stream(span, layer["compression"], f"{path}: layer {i + 1}", layer.get("state")))
 
     @classmethod
     def open(cls, archive_path: str, options: BuildOptions | None = None,

@@ -1,0 +1,177 @@
+"""Random access into zstd streams (``tar+zstd`` layers, ``.tar.zst`` archives).
+
+zstd has no equivalent of gzip's resumable inflate state, so random access
+comes from frame boundaries: while the layer is scanned, the start of every
+frame (compressed and uncompressed offset) is recorded, and a read restarts
+from the frame that holds its offset.  Writers that emit many frames (zstd
+``--long`` chunked, or seekable zstd) therefore get cheap random reads.
+
+A layer written as one big frame (what skopeo and podman produce) would need
+decompressing from its start for every backward read; so the first time a
+read has to go back further than ``REWIND_LIMIT``, the layer is decompressed
+once to ``<state>.raw`` (a plain file next to the index, written atomically)
+and every later read, in this mount and the next ones, is a ``pread`` on it.
+That costs the layer's uncompressed size on local disk.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import json
+import logging
+import os
+import tempfile
+
+import zstandard
+
+from .blobs import Blob, FileBlob
+
+__all__ = ["ZstdBlob"]
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+# Going back further than this inside one frame decompresses the layer to disk.
+REWIND_LIMIT = 8 << 20
+
+
+class _Cursor:
+    """Sequential decompression from one frame start; tracks frame boundaries."""
+
+    def __init__(self, raw: Blob, c_off: int, d_off: int, frames: list[tuple[int, int]]) -> None:
+        self.raw = raw
+        self.c_pos = c_off  # next compressed byte to feed
+        self.d_pos = d_off  # uncompressed offset of buf[0]
+        self.buf = b""
+        self.frames = frames
+        self.dobj = zstandard.ZstdDecompressor().decompressobj()
+        self.eof = False
+
+    def _more(self) -> bool:
+        """Decompress the next piece into buf (dropping what was before). False at the end."""
+        if self.eof:
+            return False
+        self.d_pos += len(self.buf)
+        self.buf = b""
+        while not self.buf:
+            chunk = self.raw.pread(_CHUNK, self.c_pos)
+            if not chunk:
+                self.eof = True
+                return False
+            try:
+                out = self.dobj.decompress(chunk)
+            except zstandard.ZstdError as e:
+                raise OSError(errno.EIO, f"corrupt zstd data: {e}") from None
+            self.c_pos += len(chunk)
+            if self.dobj.eof:
+                unused = self.dobj.unused_data
+                self.c_pos -= len(unused)
+                frame_start = (self.c_pos, self.d_pos + len(out))
+                if not self.frames or self.frames[-1] < frame_start:
+                    self.frames.append(frame_start)
+                self.dobj = zstandard.ZstdDecompressor().decompressobj()
+                if not self.raw.pread(1, self.c_pos):
+                    self.eof = True
+                    self.buf = out
+                    return bool(out)
+            self.buf = out
+        return True
+
+    def read(self, n: int, offset: int) -> bytes:
+        parts = []
+        while n > 0:
+            rel = offset - self.d_pos
+            if rel >= len(self.buf):
+                if not self._more():
+                    break
+                continue
+            piece = self.buf[rel:rel + n]
+            parts.append(piece)
+            n -= len(piece)
+            offset += len(piece)
+        return b"".join(parts)
+
+
+class ZstdBlob:
+    """The uncompressed bytes of a zstd stream inside ``raw``."""
+
+    def __init__(self, raw: Blob, what: str, state: str | None) -> None:
+        self.raw = raw
+        self.what = what
+        self.state = state
+        self.length: int | None = None
+        self.frames: list[tuple[int, int]] = [(0, 0)]  # (compressed, uncompressed) frame starts
+        self._flat: FileBlob | None = None
+        self._cursor: _Cursor | None = None
+        if state:
+            if os.path.exists(f"{state}.raw"):
+                self._flat = FileBlob(f"{state}.raw")
+            elif os.path.exists(f"{state}.zframes"):
+                try:
+                    with open(f"{state}.zframes") as f:
+                        self.frames = [tuple(x) for x in json.load(f)]  # type: ignore[misc]
+                except (OSError, ValueError):
+                    pass
+
+    def pread(self, n: int, offset: int) -> bytes:
+        if self._flat is not None:
+            return self._flat.pread(n, offset)
+        cur = self._cursor
+        if cur is None or offset < cur.d_pos:
+            i = bisect.bisect_right([d for _c, d in self.frames], offset) - 1
+            c_off, d_off = self.frames[max(i, 0)]
+            if cur is not None and offset - d_off > REWIND_LIMIT and self.state:
+                self._materialize()
+                return self.pread(n, offset)
+            cur = self._cursor = _Cursor(self.raw, c_off, d_off, self.frames)
+        return cur.read(n, offset)
+
+    def _materialize(self) -> None:
+        """Decompress the whole stream once to ``<state>.raw`` and read from it from now on."""
+        assert self.state
+        final = f"{self.state}.raw"
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(final), prefix=".zraw-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                dctx = zstandard.ZstdDecompressor()
+                reader = dctx.stream_reader(_RawFile(self.raw), read_across_frames=True)
+                while True:
+                    chunk = reader.read(_CHUNK * 4)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+            os.replace(tmp, final)
+        except (OSError, zstandard.ZstdError) as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise OSError(errno.EIO, f"{self.what}: cannot decompress to {final}: {e}") from None
+        self._flat = FileBlob(final)
+        self._cursor = None
+
+    def save_state(self) -> None:
+        """Keep the frame table for later mounts (atomically)."""
+        if not self.state or self._flat is not None:
+            return
+        tmp = f"{self.state}.zframes.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self.frames, f)
+            os.replace(tmp, f"{self.state}.zframes")
+        except OSError as e:
+            log.warning("%s: cannot save zstd frame table: %s", self.what, e)
+
+
+class _RawFile:
+    """Minimal sequential file object over a Blob for zstandard's stream reader."""
+
+    def __init__(self, blob: Blob) -> None:
+        self.blob = blob
+        self.pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.blob.pread(n if n >= 0 else 1 << 30, self.pos)
+        self.pos += len(data)
+        return data
