@@ -75,6 +75,8 @@ def _common_index_options(fn: F) -> F:
     fn = click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
                       help="Where indexes are kept [default: $XDG_CACHE_HOME/imagefs or ~/.cache/imagefs].")(fn)
     fn = click.option("--no-cache", is_flag=True, help="Neither use nor keep a persistent index.")(fn)
+    fn = click.option("--verify", is_flag=True,
+                      help="Check every layer against its digest and diff_id while indexing; refuse on mismatch.")(fn)
     fn = click.option("-q", "--quiet", is_flag=True, help="No progress bar and no warnings.")(fn)
     fn = click.option("--debug", is_flag=True, help="Verbose logging and tracebacks.")(fn)
     return fn
@@ -111,8 +113,8 @@ def main() -> None:
 @_common_index_options
 @_errors_to_exit
 def mount(archive: str, mountpoint: str, foreground: bool, options: tuple[str, ...], layer: int | None,
-          log_file: str | None, image: str | None, cache_dir: str | None, no_cache: bool, quiet: bool,
-          debug: bool) -> None:
+          log_file: str | None, image: str | None, cache_dir: str | None, no_cache: bool, verify: bool,
+          quiet: bool, debug: bool) -> None:
     """Mount ARCHIVE read-only at MOUNTPOINT.
 
     Returns once MOUNTPOINT is ready (the daemon keeps running in the
@@ -127,7 +129,7 @@ def mount(archive: str, mountpoint: str, foreground: bool, options: tuple[str, .
     """
     _setup_logging(debug, quiet)
     mp = mounting.check_mountpoint(mountpoint)
-    opts = BuildOptions(image=image, layer=layer, cache_dir=cache_dir, use_cache=not no_cache)
+    opts = BuildOptions(image=image, layer=layer, cache_dir=cache_dir, use_cache=not no_cache, verify=verify)
     mopts = mounting.MountOptions(extra=mounting.split_o(options), debug=debug, foreground=foreground)
     mounting.fuse_options(mopts)  # refuse bad -o before the (long) indexing
     index, tmp = open_index(archive, opts, _progress(quiet))
@@ -195,10 +197,10 @@ def images(archive: str, as_json: bool, debug: bool) -> None:
 @_common_index_options
 @_errors_to_exit
 def index_cmd(archive: str, layer: int | None, image: str | None, cache_dir: str | None, no_cache: bool,
-              quiet: bool, debug: bool) -> None:
+              verify: bool, quiet: bool, debug: bool) -> None:
     """Build the persistent index of ARCHIVE ahead of time (mounts then start at once)."""
     _setup_logging(debug, quiet)
-    opts = BuildOptions(image=image, layer=layer, cache_dir=cache_dir, use_cache=not no_cache)
+    opts = BuildOptions(image=image, layer=layer, cache_dir=cache_dir, use_cache=not no_cache, verify=verify)
     index, tmp = open_index(archive, opts, _progress(quiet))
     try:
         click.echo(f"{index.path}: {index.n_inodes} inodes, {index.meta['members']} members "

@@ -7,6 +7,7 @@ from .errors import (
     ImageFSError,
     ImageSelectError,
     IndexCacheError,
+    IntegrityError,
     MountError,
     TarFormatError,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "ImageSelectError",
     "ImageTree",
     "IndexCacheError",
+    "IntegrityError",
     "MountError",
     "TarFormatError",
 ]

@@ -7,24 +7,29 @@ that runs the pipeline.  Everything user-facing that can go wrong here is an
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from . import blobs, cache
 from .archive import Archive
-from .errors import ArchiveError, ImageSelectError, IndexCacheError
+from .blobs import Blob, Span
+from .errors import ArchiveError, ImageSelectError, IndexCacheError, IntegrityError
 from .index import Index, write_index
-from .manifest import Image, read_images, select_image
+from .layercache import LayerCache
+from .manifest import Image, LayerRef, read_images, select_image
 from .merge import Node, apply_layer, implicit_dir
 from .progress import Progress
-from .tarscan import scan
+from .tarscan import Member, scan
 
 __all__ = ["BuildOptions", "build_index", "open_index"]
 
 log = logging.getLogger(__name__)
+
+_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,13 +39,15 @@ class BuildOptions:
     ``image``: tag, id prefix or 1-based index (None: the only image).
     ``layer``: stop after this layer (1 = base, negative counts from the top).
     ``cache_dir``: None for ``$XDG_CACHE_HOME/imagefs``.  ``use_cache=False``
-    builds into a private temporary file that the caller owns.
+    builds into a private temporary file that the caller owns.  ``verify``
+    checks every layer's digests while indexing (and so always re-indexes).
     """
 
     image: str | None = None
     layer: int | None = None
     cache_dir: str | None = None
     use_cache: bool = True
+    verify: bool = False
 
 
 def _selector(opts: BuildOptions) -> str:
@@ -63,76 +70,149 @@ def _save_state(blob: object) -> None:
         save()
 
 
+def _digest_of(blob: Blob, what: str, progress: Callable[[int], None]) -> str:
+    h = hashlib.sha256()
+    pos = 0
+    while True:
+        try:
+            chunk = blob.pread(_HASH_CHUNK, pos)
+        except OSError as e:
+            raise ArchiveError(f"{what}: {e.strerror}") from None
+        if not chunk:
+            return "sha256:" + h.hexdigest()
+        h.update(chunk)
+        pos += len(chunk)
+        progress(pos)
+
+
+def _verify(ref: LayerRef, raw: Span, stream: Blob, what: str, compression: str,
+            progress: Callable[[int], None]) -> None:
+    """Check the layer's blob digest and diff_id against the bytes (``--verify``)."""
+    checks = []
+    if ref.digest and ref.digest.startswith("sha256:"):
+        checks.append(("digest", ref.digest, raw))
+    if ref.diff_id and ref.diff_id.startswith("sha256:"):
+        checks.append(("diff_id", ref.diff_id, stream))
+    if not checks:
+        log.warning("%s: the image records no digest for this layer; nothing to verify", what)
+    for kind, want, blob in checks:
+        if compression == "none" and kind == "diff_id" and ref.digest == want:
+            continue  # the same bytes as the blob digest just checked
+        got = _digest_of(blob, what, progress)
+        if got != want:
+            raise IntegrityError(f"{what} does not match its {kind}: expected {want}, the bytes give {got}")
+
+
+class _Builder:
+    """One index build: the archive, the chosen image, the tree being merged."""
+
+    def __init__(self, archive_path: str, opts: BuildOptions, progress: Progress | None,
+                 state_dir: str | None) -> None:
+        self.path = archive_path
+        self.opts = opts
+        self.progress = progress
+        self.state_dir = state_dir
+        self.layer_cache = LayerCache(state_dir) if state_dir else None
+        self.ident = cache.identity_of(archive_path)
+        self.outer_state = cache.blob_state(state_dir, self.ident, None, None) if state_dir else None
+        self.members = 0
+        self.done = 0
+
+    def _report(self, offset: int, count: int = 0) -> None:
+        if self.progress is not None:
+            self.progress.update(self.done + offset, self.members + count)
+
+    def _members(self, i: int, ref: LayerRef, span: Span, stream: Blob) -> list[Member]:
+        what = f"{self.path}: layer {i + 1} ({ref.member.decode(errors='replace')})"
+        # The diff_id names the uncompressed tar, whatever compression carries it,
+        # so a gzip and a plain copy of one layer share their scan.
+        key = None
+        if self.layer_cache:
+            key = LayerCache.key(ref.diff_id, stream) if ref.diff_id else LayerCache.key(ref.digest, span)
+        if self.opts.verify:
+            _verify(ref, span, stream, what, blobs.sniff(span), lambda pos: self._report(min(pos, span.length or 0)))
+        if key and self.layer_cache:
+            cached = self.layer_cache.load(key)
+            if cached is not None:
+                return cached
+
+        def warn(msg: str) -> None:
+            log.warning("layer %d: %s", i + 1, msg)
+
+        def report(offset: int, count: int) -> None:
+            pos = getattr(stream, "raw_position", offset)
+            self._report(min(pos, span.length or 0), count)
+
+        try:
+            found = list(scan(stream, stream.length, warn, report))
+        except (ArchiveError, OSError) as e:
+            why = e.strerror if isinstance(e, OSError) else str(e)
+            raise ArchiveError(f"{what}: {why}") from None
+        _save_state(stream)
+        if key and self.layer_cache:
+            self.layer_cache.store(key, found)
+        return found
+
+    def build(self, dest: str) -> None:
+        archive = Archive(self.path, self.outer_state)
+        try:
+            images = read_images(archive)
+            image = select_image(images, self.opts.image, self.path)
+            upto = _layers_to_use(image, self.opts.layer, self.path)
+            spans = [archive.open(layer.member) for layer in image.layers[:upto]]
+            if self.progress is not None:
+                self.progress.start(sum(s.length or 0 for s in spans), f"indexing {os.path.basename(self.path)}")
+            root = Node(implicit_dir(b""), -1)
+            layer_meta: list[dict[str, Any]] = []
+            for i, (ref, span) in enumerate(zip(image.layers, spans)):
+                compression = blobs.sniff(span)
+                state = (cache.blob_state(self.state_dir, self.ident, ref.digest or ref.diff_id, span)
+                         if self.state_dir and compression != "none" else None)
+                stream = blobs.open_stream(span, compression, f"{self.path}: layer {i + 1}", state)
+                layer_members = self._members(i, ref, span, stream)
+                self.members += len(layer_members)
+                apply_layer(root, i, layer_members, log.warning)
+                del layer_members
+                self.done += span.length or 0
+                layer_meta.append({
+                    "member": ref.member.decode("utf-8", "surrogateescape"),
+                    "base": span.base,
+                    "length": span.length,
+                    "compression": compression,
+                    "state": state,
+                    "digest": ref.digest,
+                    "diff_id": ref.diff_id,
+                })
+            meta = {
+                "archive": self.ident.as_dict(),
+                "outer_compression": archive.compression,
+                "outer_state": self.outer_state,
+                "image": {"id": image.id, "tags": list(image.tags), "layers_total": len(image.layers)},
+                "layers": layer_meta,
+                "members": self.members,
+            }
+            _save_state(archive.blob)
+            try:
+                write_index(root, meta, dest)
+            except OSError as e:
+                raise IndexCacheError(f"cannot write index {dest}: {e.strerror or e}") from None
+            if self.progress is not None:
+                self.progress.finish()
+        finally:
+            archive.close()
+
+
 def build_index(archive_path: str, opts: BuildOptions, dest: str, progress: Progress | None = None,
                 state_dir: str | None = None) -> None:
     """Scan the archive's layers and write the merged index to ``dest``.
 
-    ``state_dir`` keeps what compressed blobs need for random access later
-    (seek points); None keeps nothing.
+    ``state_dir`` keeps what makes the next build and compressed reads cheap
+    (scanned layers, seek points); None keeps nothing.
+
+    Raises:
+        ImageFSError: the archive is not a readable image (IntegrityError with --verify).
     """
-    ident = cache.identity_of(archive_path)
-    outer_state = cache.blob_state(state_dir, ident, None, None) if state_dir else None
-    archive = Archive(archive_path, outer_state)
-    try:
-        images = read_images(archive)
-        image = select_image(images, opts.image, archive_path)
-        upto = _layers_to_use(image, opts.layer, archive_path)
-        spans = [archive.open(layer.member) for layer in image.layers[:upto]]
-        total = sum(s.length or 0 for s in spans)
-        if progress is not None:
-            progress.start(total, f"indexing {os.path.basename(archive_path)}")
-        root = Node(implicit_dir(b""), -1)
-        layer_meta: list[dict[str, Any]] = []
-        done = 0
-        members = 0
-        for i, (ref, span) in enumerate(zip(image.layers, spans)):
-            compression = blobs.sniff(span)
-            state = cache.blob_state(state_dir, ident, ref.digest, span) if state_dir and compression != "none" else None
-            stream = blobs.open_stream(span, compression, f"{archive_path}: layer {i + 1}", state)
-
-            def report(offset: int, count: int, _done: int = done) -> None:
-                if progress is not None:
-                    progress.update(_done + min(offset, span.length or 0), members + count)
-
-            def warn(msg: str, _i: int = i) -> None:
-                log.warning("layer %d: %s", _i + 1, msg)
-
-            try:
-                layer_members = list(scan(stream, stream.length, warn, report))
-            except (ArchiveError, OSError) as e:
-                why = e.strerror if isinstance(e, OSError) else str(e)
-                raise ArchiveError(f"{archive_path}: layer {i + 1} ({ref.member.decode(errors='replace')}): {why}") from None
-            _save_state(stream)
-            members += len(layer_members)
-            apply_layer(root, i, layer_members, log.warning)
-            del layer_members
-            done += span.length or 0
-            layer_meta.append({
-                "member": ref.member.decode("utf-8", "surrogateescape"),
-                "base": span.base,
-                "length": span.length,
-                "compression": compression,
-                "state": state,
-                "digest": ref.digest,
-                "diff_id": ref.diff_id,
-            })
-        meta = {
-            "archive": ident.as_dict(),
-            "outer_compression": archive.compression,
-            "outer_state": outer_state,
-            "image": {"id": image.id, "tags": list(image.tags), "layers_total": len(image.layers)},
-            "layers": layer_meta,
-            "members": members,
-        }
-        _save_state(archive.blob)
-        try:
-            write_index(root, meta, dest)
-        except OSError as e:
-            raise IndexCacheError(f"cannot write index {dest}: {e.strerror or e}") from None
-        if progress is not None:
-            progress.finish()
-    finally:
-        archive.close()
+    _Builder(archive_path, opts, progress, state_dir).build(dest)
 
 
 def open_index(archive_path: str, opts: BuildOptions, progress: Progress | None = None) -> tuple[Index, str | None]:
@@ -150,6 +230,8 @@ def open_index(archive_path: str, opts: BuildOptions, progress: Progress | None 
         cache_dir = opts.cache_dir or cache.default_cache_dir()
         path = cache.index_path(cache_dir, ident, _selector(opts))
         try:
+            if opts.verify:
+                raise IndexCacheError("--verify re-indexes")
             idx = Index(path)
             if idx.meta.get("archive") == ident.as_dict():
                 return idx, None

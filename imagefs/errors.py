@@ -4,6 +4,7 @@
     ├── ArchiveError             the archive file: missing, unreadable, not a tar, truncated
     │   └── TarFormatError       a corrupt or truncated tar header inside a layer or archive
     ├── ImageFormatError         a tar that is not a container image, or a broken manifest
+    │   └── IntegrityError       a layer's bytes do not match its digest (--verify)
     ├── ImageSelectError         --image names nothing, or several images and no --image
     ├── IndexCacheError          the persistent index cannot be read or written
     └── MountError               the mountpoint or FUSE itself is the problem
@@ -20,6 +21,7 @@ __all__ = [
     "ImageFormatError",
     "ImageSelectError",
     "IndexCacheError",
+    "IntegrityError",
     "MountError",
     "TarFormatError",
 ]
@@ -39,6 +41,10 @@ class TarFormatError(ArchiveError):
 
 class ImageFormatError(ImageFSError):
     """The archive is a tar but not a container image we understand, or is inconsistent."""
+
+
+class IntegrityError(ImageFormatError):
+    """A layer's bytes do not match the digest the image records for it."""
 
 
 class ImageSelectError(ImageFSError):

@@ -51,9 +51,15 @@ class GzipBlob:
                 self._gz = self._open(raw, None)
 
     def _open(self, raw: Blob, _index: str | None) -> indexed_gzip.IndexedGzipFile:
+        self._file = BlobFile(raw)
         return indexed_gzip.IndexedGzipFile(
-            fileobj=BlobFile(raw), spacing=SPACING, readbuf_size=_READBUF, buffer_size=_READBUF,
+            fileobj=self._file, spacing=SPACING, readbuf_size=_READBUF, buffer_size=_READBUF,
         )
+
+    @property
+    def raw_position(self) -> int:
+        """How far into the compressed bytes decompression has come (for progress)."""
+        return self._file.pos
 
     def pread(self, n: int, offset: int) -> bytes:
         try:

@@ -114,6 +114,11 @@ class ZstdBlob:
                 except (OSError, ValueError):
                     pass
 
+    @property
+    def raw_position(self) -> int:
+        """How far into the compressed bytes decompression has come (for progress)."""
+        return self._cursor.c_pos if self._cursor is not None else 0
+
     def pread(self, n: int, offset: int) -> bytes:
         if self._flat is not None:
             return self._flat.pread(n, offset)
