@@ -42,8 +42,8 @@ def _setup_logging(debug: bool, quiet: bool = False) -> None:
     root.setLevel(logging.DEBUG if debug else (logging.ERROR if quiet else logging.WARNING))
 
 
-def _errors_to_exit(fn: F) -> F:
-    """Turn library errors into `imagefs: message` and exit 1 (a traceback with --debug)."""
+def _errors_to_exit(fn: F, status: int = 1) -> F:
+    """Turn library errors into `imagefs: message` and exit ``status`` (a traceback with --debug)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -54,13 +54,17 @@ def _errors_to_exit(fn: F) -> F:
             if debug:
                 raise
             click.echo(f"imagefs: {e}", err=True)
-            sys.exit(1)
+            sys.exit(status)
+        except BrokenPipeError:
+            # `imagefs diff ... | head`: the reader left; that is not an error worth a line.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(status)
         except OSError as e:
             if debug:
                 raise
-            where = f" {e.filename}" if e.filename else ""
-            click.echo(f"imagefs:{where}: {e.strerror or e}", err=True)
-            sys.exit(1)
+            where = f"{os.fsdecode(e.filename)}: " if e.filename else ""
+            click.echo(f"imagefs: {where}{e.strerror or e}", err=True)
+            sys.exit(status)
         except KeyboardInterrupt:
             click.echo("imagefs: interrupted", err=True)
             sys.exit(130)
@@ -209,6 +213,118 @@ def index_cmd(archive: str, layer: int | None, image: str | None, cache_dir: str
         index.close()
         if tmp is not None:
             os.unlink(tmp)
+
+
+def _open_side(spec: str, image: str | None, cache_dir: str | None, no_cache: bool) -> Any:
+    """A diff side: a directory (a mount or any tree), ARCHIVE, or ARCHIVE@N (as of layer N)."""
+    from imagefs.diff import DirSource, TreeSource
+
+    if os.path.isdir(spec):
+        return DirSource(spec)
+    layer = None
+    path = spec
+    if not os.path.exists(spec) and "@" in spec:
+        base, _, n = spec.rpartition("@")
+        try:
+            layer = int(n)
+            path = base
+        except ValueError:
+            pass
+    opts = BuildOptions(image=image, layer=layer, cache_dir=cache_dir, use_cache=not no_cache)
+    index, tmp = open_index(path, opts, None)
+    if tmp is not None:
+        os.unlink(tmp)
+    return TreeSource(ImageTree(index))
+
+
+@main.command("diff")
+@click.argument("a")
+@click.argument("b")
+@click.option("--image", "image_a", metavar="REF", help="Image of A when A holds several.")
+@click.option("--image-b", "image_b", metavar="REF", help="Image of B when B holds several [default: --image].")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per change, one per line.")
+@click.option("--stat", "as_stat", is_flag=True, help="Only a summary: counts and bytes added/removed.")
+@click.option("--all", "show_all", is_flag=True, help="List every path below an added or deleted directory.")
+@click.option("--mtime", is_flag=True, help="Also report changed modification times.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Where indexes are kept.")
+@click.option("--no-cache", is_flag=True, help="Neither use nor keep a persistent index.")
+@click.option("--debug", is_flag=True, help="Tracebacks on errors.")
+def diff_cmd(a: str, b: str, image_a: str | None, image_b: str | None, as_json: bool, as_stat: bool,
+             show_all: bool, mtime: bool, cache_dir: str | None, no_cache: bool, debug: bool) -> None:
+    """What changed from A to B, one line per path: A(dded), D(eleted), C(hanged) and what.
+
+    A and B are image archives (ARCHIVE@N: the image as of layer N), imagefs
+    mountpoints or any directories.  Layers both images share are not looked
+    at; file contents are read only when sizes and layers do not decide.
+    Exit status as diff(1): 0 same, 1 different, 2 trouble.
+
+    \b
+    Examples:
+      imagefs diff app-41.tar app-42.tar
+      imagefs diff app.tar@-2 app.tar        # what the top layer changed
+      imagefs diff --json old.tar /mnt/new
+    """
+    _diff_impl(a, b, image_a, image_b, as_json, as_stat, show_all, mtime, cache_dir, no_cache, debug=debug)
+
+
+def _diff(a: str, b: str, image_a: str | None, image_b: str | None, as_json: bool, as_stat: bool,
+          show_all: bool, mtime: bool, cache_dir: str | None, no_cache: bool, debug: bool = False) -> None:
+    from imagefs.diff import DiffOptions, diff
+
+    _setup_logging(debug)
+    side_a = _open_side(a, image_a, cache_dir, no_cache)
+    side_b = _open_side(b, image_b or image_a, cache_dir, no_cache)
+    counts = {"A": 0, "D": 0, "C": 0}
+    added = removed = 0
+    for change in diff(side_a, side_b, DiffOptions(all=show_all, mtime=mtime)):
+        counts[change.kind] += 1
+        if change.b is not None and change.b.type == "f":
+            added += change.b.size
+        if change.a is not None and change.a.type == "f":
+            removed += change.a.size
+        if as_json:
+            click.echo(json.dumps(change.as_dict()))
+        elif not as_stat:
+            click.echo(change.line())
+    if as_stat:
+        click.echo(f"{counts['A']} added, {counts['D']} deleted, {counts['C']} changed; "
+                   f"{_human(added)} in new or changed files, {_human(removed)} in removed or replaced files")
+    sys.exit(1 if any(counts.values()) else 0)
+
+
+_diff_impl = _errors_to_exit(_diff, status=2)
+
+
+@main.command("layers")
+@click.argument("archive", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per layer, then a summary object.")
+@_common_index_options
+@_errors_to_exit
+def layers_cmd(archive: str, as_json: bool, image: str | None, cache_dir: str | None, no_cache: bool,
+               verify: bool, quiet: bool, debug: bool) -> None:
+    """Per layer of ARCHIVE: digest, sizes, entries, files added/modified/deleted, wasted bytes, created_by."""
+    from imagefs.inspect import layer_report
+
+    _setup_logging(debug, quiet)
+    opts = BuildOptions(image=image, cache_dir=cache_dir, use_cache=not no_cache, verify=verify)
+    img, rows = layer_report(archive, opts, _progress(quiet))
+    total = sum(r.file_bytes for r in rows)
+    wasted = sum(r.wasted_bytes for r in rows)
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r.as_dict()))
+        click.echo(json.dumps({"summary": True, "layers": len(rows), "file_bytes": total, "wasted_bytes": wasted}))
+        return
+    click.echo(f"{'#':>3}  {'DIGEST':<19}  {'STORED':>9}  {'SIZE':>9}  {'ENTRIES':>7}  {'ADDED':>6}  "
+               f"{'MODIFIED':>8}  {'DELETED':>7}  {'WASTED':>9}  CREATED BY")
+    for r in rows:
+        digest = r.digest.removeprefix("sha256:")[:12]
+        click.echo(f"{r.index:>3}  {digest:<19}  {_human(r.compressed_size):>9}  {_human(r.size):>9}  "
+                   f"{r.entries:>7}  {r.added:>6}  {r.modified:>8}  {r.deleted:>7}  {_human(r.wasted_bytes):>9}  "
+                   f"{r.created_by[:60]}")
+    pct = 100.0 * wasted / total if total else 0.0
+    click.echo(f"{len(rows)} layers, {_human(total)} in files, {_human(wasted)} wasted ({pct:.1f}%) "
+               "by files that later layers overwrite or delete")
 
 
 def _human(n: float) -> str:

@@ -12,7 +12,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import blobs, cache
 from .archive import Archive
@@ -25,7 +25,7 @@ from .merge import Node, apply_layer, implicit_dir
 from .progress import Progress
 from .tarscan import Member, scan
 
-__all__ = ["BuildOptions", "build_index", "open_index"]
+__all__ = ["BuildOptions", "LayerInfo", "build_index", "open_index", "scan_layers"]
 
 log = logging.getLogger(__name__)
 
@@ -153,36 +153,36 @@ class _Builder:
             self.layer_cache.store(key, found)
         return found
 
+    def layers(self, archive: Archive) -> Iterator[tuple[Image, LayerInfo, list[Member]]]:
+        """Each used layer of the chosen image, base first, with its members."""
+        images = read_images(archive)
+        image = select_image(images, self.opts.image, self.path)
+        upto = _layers_to_use(image, self.opts.layer, self.path)
+        spans = [archive.open(layer.member) for layer in image.layers[:upto]]
+        if self.progress is not None:
+            self.progress.start(sum(s.length or 0 for s in spans), f"indexing {os.path.basename(self.path)}")
+        for i, (ref, span) in enumerate(zip(image.layers, spans)):
+            compression = blobs.sniff(span)
+            state = (cache.blob_state(self.state_dir, self.ident, ref.digest or ref.diff_id, span)
+                     if self.state_dir and compression != "none" else None)
+            stream = blobs.open_stream(span, compression, f"{self.path}: layer {i + 1}", state)
+            members = self._members(i, ref, span, stream)
+            self.members += len(members)
+            yield image, LayerInfo(i, ref, span, compression, state), members
+            self.done += span.length or 0
+        if self.progress is not None:
+            self.progress.finish()
+
     def build(self, dest: str) -> None:
         archive = Archive(self.path, self.outer_state)
         try:
-            images = read_images(archive)
-            image = select_image(images, self.opts.image, self.path)
-            upto = _layers_to_use(image, self.opts.layer, self.path)
-            spans = [archive.open(layer.member) for layer in image.layers[:upto]]
-            if self.progress is not None:
-                self.progress.start(sum(s.length or 0 for s in spans), f"indexing {os.path.basename(self.path)}")
             root = Node(implicit_dir(b""), -1)
             layer_meta: list[dict[str, Any]] = []
-            for i, (ref, span) in enumerate(zip(image.layers, spans)):
-                compression = blobs.sniff(span)
-                state = (cache.blob_state(self.state_dir, self.ident, ref.digest or ref.diff_id, span)
-                         if self.state_dir and compression != "none" else None)
-                stream = blobs.open_stream(span, compression, f"{self.path}: layer {i + 1}", state)
-                layer_members = self._members(i, ref, span, stream)
-                self.members += len(layer_members)
-                apply_layer(root, i, layer_members, log.warning)
-                del layer_members
-                self.done += span.length or 0
-                layer_meta.append({
-                    "member": ref.member.decode("utf-8", "surrogateescape"),
-                    "base": span.base,
-                    "length": span.length,
-                    "compression": compression,
-                    "state": state,
-                    "digest": ref.digest,
-                    "diff_id": ref.diff_id,
-                })
+            image: Image | None = None
+            for image, info, members in self.layers(archive):
+                apply_layer(root, info.index, members, log.warning)
+                layer_meta.append(info.as_meta())
+            assert image is not None
             meta = {
                 "archive": self.ident.as_dict(),
                 "outer_compression": archive.compression,
@@ -196,10 +196,30 @@ class _Builder:
                 write_index(root, meta, dest)
             except OSError as e:
                 raise IndexCacheError(f"cannot write index {dest}: {e.strerror or e}") from None
-            if self.progress is not None:
-                self.progress.finish()
         finally:
             archive.close()
+
+
+@dataclass(frozen=True, slots=True)
+class LayerInfo:
+    """Where one layer's bytes are and how they are stored."""
+
+    index: int
+    ref: LayerRef
+    span: Span
+    compression: str
+    state: str | None
+
+    def as_meta(self) -> dict[str, Any]:
+        return {
+            "member": self.ref.member.decode("utf-8", "surrogateescape"),
+            "base": self.span.base,
+            "length": self.span.length,
+            "compression": self.compression,
+            "state": self.state,
+            "digest": self.ref.digest,
+            "diff_id": self.ref.diff_id,
+        }
 
 
 def build_index(archive_path: str, opts: BuildOptions, dest: str, progress: Progress | None = None,
@@ -254,3 +274,20 @@ def open_index(archive_path: str, opts: BuildOptions, progress: Progress | None 
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def scan_layers(archive_path: str, opts: BuildOptions,
+                progress: Progress | None = None) -> Iterator[tuple[Image, LayerInfo, list[Member]]]:
+    """Each layer of the chosen image with its members (from the layer cache when it can)."""
+    state_dir = (opts.cache_dir or cache.default_cache_dir()) if opts.use_cache else None
+    if state_dir:
+        try:
+            os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        except OSError:
+            state_dir = None
+    builder = _Builder(archive_path, opts, progress, state_dir)
+    archive = Archive(archive_path, builder.outer_state)
+    try:
+        yield from builder.layers(archive)
+    finally:
+        archive.close()

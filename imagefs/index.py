@@ -34,11 +34,11 @@ from .merge import Node
 __all__ = ["FORMAT_VERSION", "Attr", "Index", "write_index"]
 
 MAGIC = b"IMGFSIDX"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 HEADER = struct.Struct("<8sIIIQQQQQQ")
 # mode uid gid nlink size mtime_ns rdev layer data_off extra_off extra_len xattr_off xattr_len
-# first count parent (parent: a directory's parent directory, for "..")
-INODE = struct.Struct("<IIIIQqQiQQIQIIII")
+# first count parent touched (parent: a directory's parent, for ".."; touched: see merge.Node)
+INODE = struct.Struct("<IIIIQqQiQQIQIIIIi")
 DIRENT = struct.Struct("<QII")  # name_off name_len ino
 ROOT_INO = 1
 _XATTR_LEN = struct.Struct("<II")
@@ -62,6 +62,7 @@ class Attr(NamedTuple):
     first: int
     count: int
     parent: int
+    touched: int
 
 
 class _Pool:
@@ -140,7 +141,7 @@ def write_index(root: Node, meta: dict[str, Any], path: str) -> None:
         INODE.pack_into(
             inodes, n * INODE.size,
             m.kind | m.mode, m.uid, m.gid, nlinks[n], m.size, m.mtime_ns, m.rdev, node.layer,
-            m.offset, extra_off, extra_len, xattr_off, xattr_len, first, count, parents[n],
+            m.offset, extra_off, extra_len, xattr_off, xattr_len, first, count, parents[n], node.touched,
         )
     meta_raw = json.dumps(meta, sort_keys=True).encode()
     inode_off = HEADER.size
@@ -200,8 +201,9 @@ class Index:
     def attr(self, ino: int) -> Attr:
         """The attributes of inode ``ino`` (1 <= ino <= n_inodes)."""
         (mode, uid, gid, nlink, size, mtime_ns, rdev, layer, data_off, _eo, _el, _xo, _xl,
-         first, count, parent) = INODE.unpack_from(self._mm, self._inodes + (ino - 1) * INODE.size)
-        return Attr(ino, mode, uid, gid, nlink, size, mtime_ns, rdev, layer, data_off, first, count, parent)
+         first, count, parent, touched) = INODE.unpack_from(self._mm, self._inodes + (ino - 1) * INODE.size)
+        return Attr(ino, mode, uid, gid, nlink, size, mtime_ns, rdev, layer, data_off, first, count, parent,
+                    touched)
 
     def valid(self, ino: int) -> bool:
         return 1 <= ino <= self.n_inodes

@@ -34,12 +34,16 @@ __all__ = ["Node", "implicit_dir", "merge", "find"]
 class Node:
     """An inode of the merged tree.  Names that are hard links share one Node."""
 
-    __slots__ = ("member", "layer", "children")
+    __slots__ = ("member", "layer", "children", "touched")
 
     def __init__(self, member: Member, layer: int) -> None:
         self.member = member
         self.layer = layer  # index of the layer whose bytes back this inode (-1: none)
         self.children: dict[bytes, Node] | None = {} if member.kind == stat.S_IFDIR else None
+        # The highest layer that changed this node or anything below it: two
+        # images whose first k layers are the same have equal subtrees where
+        # both have touched < k (what makes `imagefs diff` skip them).
+        self.touched = layer
 
 
 def implicit_dir(path: bytes) -> Member:
@@ -78,6 +82,19 @@ def _parent_dir(root: Node, path: bytes, layer: int) -> tuple[Node, bytes]:
     return node, parts[-1]
 
 
+def _touch(root: Node, path: bytes, layer: int) -> None:
+    """Record that ``layer`` changed ``path``: mark every directory on the way."""
+    node: Node | None = root
+    root.touched = max(root.touched, layer)
+    if path:
+        for part in path.split(b"/"):
+            if node is None or node.children is None:
+                return
+            node = node.children.get(part)
+            if node is not None:
+                node.touched = max(node.touched, layer)
+
+
 def _apply_whiteout(root: Node, wh: Whiteout) -> None:
     if wh.opaque:
         target = find(root, wh.path)
@@ -101,11 +118,13 @@ def apply_layer(root: Node, layer: int, members: Iterable[Member], warn: Callabl
         elif wh is not True:
             whiteouts.append(wh)
     for wh in whiteouts:
+        _touch(root, wh.path, layer)
         _apply_whiteout(root, wh)
     for m in entries:
         if m.path == b"":
             if m.kind == stat.S_IFDIR:
                 root.member, root.layer = m, layer
+                root.touched = max(root.touched, layer)
             else:
                 warn(f"layer {layer + 1}: a non-directory entry for the root is ignored")
             continue
@@ -127,6 +146,7 @@ def apply_layer(root: Node, layer: int, members: Iterable[Member], warn: Callabl
                 parent.children[name] = target
         else:
             parent.children[name] = Node(m, layer)
+        _touch(root, m.path, layer)
 
 
 def _show(path: bytes) -> str:
