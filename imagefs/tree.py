@@ -35,8 +35,8 @@ class ImageTree:
         meta = index.meta
         path = meta["archive"]["path"]
         self.archive = FileBlob(path)
-        st = os.fstat(self.archive.fd)
-        if (st.st_size, st.st_mtime_ns) != (meta["archive"]["size"], meta["archive"]["mtime_ns"]):
+        self._identity = (meta["archive"]["size"], meta["archive"]["mtime_ns"])
+        if self._archive_changed():
             self.archive.close()
             raise ArchiveError(f"{path} changed while it was being opened")
         outer = blobs.open_stream(self.archive, meta["outer_compression"], path, meta.get("outer_state"))
@@ -109,6 +109,11 @@ class ImageTree:
 
     # -- data ----------------------------------------------------------------
 
+    def _archive_changed(self) -> bool:
+        # One fstat per read: a rewritten archive must give EIO, not other bytes.
+        st = os.fstat(self.archive.fd)
+        return (st.st_size, st.st_mtime_ns) != self._identity
+
     def read(self, ino: int, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes of regular file ``ino`` from ``offset``.
 
@@ -118,6 +123,8 @@ class ImageTree:
         a = self.index.attr(ino)
         if offset >= a.size or size <= 0:
             return b""
+        if self._archive_changed():
+            raise OSError(errno.EIO, f"{self.index.meta['archive']['path']} changed since it was mounted")
         size = min(size, a.size - offset)
         sparse = self.index.sparse_map(ino)
         if sparse is not None:
