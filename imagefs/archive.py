@@ -15,7 +15,7 @@ from . import blobs
 from .blobs import Blob, FileBlob, Span
 from .errors import ArchiveError, ImageFormatError, TarFormatError
 from .paths import normalize, split
-from .tarscan import HARDLINK, Member, scan
+from .tarscan import BLOCK, HARDLINK, Member, is_tar_header, scan
 
 __all__ = ["Archive"]
 
@@ -37,6 +37,14 @@ class Archive:
                  on_progress: Callable[[int, int], None] | None = None) -> None:
         self.path = path
         self.file = FileBlob(path)
+        try:
+            self._scan(state, on_progress)
+        except BaseException:
+            self.file.close()
+            raise
+
+    def _scan(self, state: str | None, on_progress: Callable[[int, int], None] | None) -> None:
+        path = self.path
         if self.file.length == 0:
             raise ArchiveError(f"{path} is empty, not an image archive")
         self.compression = blobs.sniff(self.file)
@@ -44,14 +52,26 @@ class Archive:
         self.blob: Blob = blobs.open_stream(self.file, self.compression, path, self.state)
         self.members: dict[bytes, Member] = {}
         try:
-            for m in scan(self.blob, self.blob.length, on_progress=on_progress):
+            first = self.blob.pread(BLOCK, 0)
+        except OSError as e:
+            raise ArchiveError(f"{path} is not a tar archive ({e.strerror or e})") from None
+        if not is_tar_header(first):
+            if len(first) == BLOCK and first == bytes(BLOCK):
+                raise ArchiveError(f"{path} is an empty tar archive, not an image")
+            raise ArchiveError(f"{path} is not a tar archive")
+
+        def progress(offset: int, count: int) -> None:
+            if on_progress is not None:
+                on_progress(offset, count)
+
+        try:
+            for m in scan(self.blob, self.blob.length, on_progress=progress):
                 self.members[m.path] = m
         except (TarFormatError, OSError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             if isinstance(e, OSError) and self.compression == "none":
-                raise ArchiveError(f"cannot read {path}: {e.strerror}") from None
-            if not self.members:
-                raise ArchiveError(f"{path} is not a tar archive ({e})") from None
-            raise ArchiveError(f"{path}: {e}") from None
+                raise ArchiveError(f"cannot read {path}: {why}") from None
+            raise ArchiveError(f"{path} is damaged: {why}") from None
         if not self.members:
             raise ArchiveError(f"{path} is an empty tar archive, not an image")
 

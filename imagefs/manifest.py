@@ -120,7 +120,10 @@ def _from_manifest_json(archive: Archive) -> list[Image]:
                 media_type=None,
             ))
         _check_layers(archive, layers)
-        tags = tuple(t for t in entry.get("RepoTags") or () if isinstance(t, str))
+        repo_tags = entry.get("RepoTags") or []
+        if not isinstance(repo_tags, list):
+            raise ImageFormatError(f"{archive.path}: manifest.json has RepoTags that is not a list")
+        tags = tuple(t for t in repo_tags if isinstance(t, str))
         images.append(Image("sha256:" + hashlib.sha256(config_raw).hexdigest(), tags, tuple(layers), config))
     return images
 
@@ -130,15 +133,23 @@ def _oci_manifests(archive: Archive, desc: dict[str, Any], ref: str | None,
     """Leaf image manifests under an index descriptor, with ref name and platform."""
     if depth > 8:
         raise ImageFormatError(f"{archive.path}: OCI indexes nest too deep")
-    ref = (desc.get("annotations") or {}).get(_REF_NAME, ref)
+    if not isinstance(desc, dict):
+        raise ImageFormatError(f"{archive.path}: an OCI index lists a manifest that is not an object")
+    annotations = desc.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        raise ImageFormatError(f"{archive.path}: OCI annotations that are not an object")
+    ref = annotations.get(_REF_NAME, ref)
     doc = _json(archive, _blob_member(desc.get("digest"), archive))
     if not isinstance(doc, dict):
         raise ImageFormatError(f"{archive.path}: OCI manifest {desc.get('digest')} is not an object")
     if desc.get("mediaType") in _OCI_INDEX_TYPES or doc.get("mediaType") in _OCI_INDEX_TYPES or (
         "manifests" in doc and "layers" not in doc
     ):
+        children = doc.get("manifests") or []
+        if not isinstance(children, list):
+            raise ImageFormatError(f"{archive.path}: an OCI index whose manifests is not a list")
         out = []
-        for child in doc.get("manifests") or []:
+        for child in children:
             out.extend(_oci_manifests(archive, child, ref, depth + 1))
         return out
     plat = desc.get("platform")
@@ -158,6 +169,8 @@ def _from_oci_layout(archive: Archive) -> list[Image]:
             raise ImageFormatError(f"{archive.path}: index.json has a manifest that is not an object")
         for doc, ref, platform in _oci_manifests(archive, desc, None, 0):
             config_desc = doc.get("config") or {}
+            if not isinstance(config_desc, dict):
+                raise ImageFormatError(f"{archive.path}: OCI manifest whose config is not a descriptor")
             config = _json(archive, _blob_member(config_desc.get("digest"), archive))
             diff_ids = _diff_ids(config)
             layer_descs = doc.get("layers")
@@ -194,10 +207,14 @@ def _from_legacy(archive: Archive) -> list[Image]:
         ids = {p.split(b"/")[0].decode(errors="replace") for p in archive.members if p.endswith(b"/json")}
         parents = set()
         for i in ids:
-            parent = _json(archive, f"{i}/json".encode()).get("parent")
-            if parent:
-                parents.add(parent)
+            meta = _json(archive, f"{i}/json".encode())
+            if not isinstance(meta, dict):
+                raise ImageFormatError(f"{archive.path}: {i[:12]}/json is not an object")
+            if meta.get("parent"):
+                parents.add(meta["parent"])
         tops = {i: [] for i in sorted(ids - parents)}
+        if ids and not tops:
+            raise ImageFormatError(f"{archive.path}: the legacy parent chain loops (every layer is a parent)")
     images = []
     for top, tags in tops.items():
         chain: list[str] = []
@@ -252,7 +269,7 @@ def normalize_ref(ref: str) -> str:
     last = name.rsplit("/", 1)[-1]
     if ":" not in last and not digest:
         name += ":latest"
-    for prefix in ("docker.io/library/", "index.docker.io/library/", "docker.io/", "index.docker.io/"):
+    for prefix in ("docker.io/library/", "index.docker.io/library/", "docker.io/", "index.docker.io/", "library/"):
         if name.startswith(prefix):
             name = name[len(prefix):]
             break

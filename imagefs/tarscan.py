@@ -29,6 +29,7 @@ __all__ = [
     "HARDLINK",
     "Member",
     "PReader",
+    "is_tar_header",
     "scan",
 ]
 
@@ -125,6 +126,16 @@ def _checksum_ok(hdr: bytes, at: int) -> bool:
     return stored == signed
 
 
+def is_tar_header(block: bytes) -> bool:
+    """Whether ``block`` is a plausible tar header (right length, right checksum)."""
+    if len(block) < BLOCK or block[:BLOCK] == _ZERO_BLOCK:
+        return False
+    try:
+        return _checksum_ok(block[:BLOCK], 0)
+    except TarFormatError:
+        return False
+
+
 def _parse_pax(data: bytes, at: int) -> list[tuple[bytes, bytes]]:
     """PAX records ``"LEN key=value\\n"`` in order (sparse 0.0 repeats keys)."""
     records: list[tuple[bytes, bytes]] = []
@@ -161,9 +172,12 @@ def _pax_mtime(value: bytes, at: int) -> int:
 
 def _pax_int(value: bytes, key: bytes, at: int) -> int:
     try:
-        return int(value)
+        n = int(value)
     except ValueError:
         raise TarFormatError(f"corrupt PAX {key.decode('ascii', 'replace')} at byte {at}") from None
+    if n < 0:
+        raise TarFormatError(f"corrupt PAX {key.decode('ascii', 'replace')} at byte {at}: negative size")
+    return n
 
 
 def _gnu_sparse_entries(block: bytes, count: int) -> list[tuple[int, int]]:
@@ -218,6 +232,8 @@ def scan(
         data_at = pos + BLOCK
         padded = (hsize + BLOCK - 1) // BLOCK * BLOCK
 
+        if typeflag == b"X":  # Solaris' name for a PAX extended header
+            typeflag = b"x"
         if typeflag in (b"x", b"g", b"L", b"K"):
             if hsize > 1 << 26:
                 raise TarFormatError(f"corrupt tar header at byte {pos}: extended header of {hsize} bytes")
@@ -336,7 +352,10 @@ def scan(
                 except ValueError:
                     raise TarFormatError(f"corrupt sparse map at byte {pos}") from None
                 if len(fields) - 1 >= 1 + 2 * n:
-                    nums = [int(f) for f in fields[1:1 + 2 * n]]
+                    try:
+                        nums = [int(f) for f in fields[1:1 + 2 * n]]
+                    except ValueError:
+                        raise TarFormatError(f"corrupt sparse map at byte {pos}") from None
                     sparse = list(zip(nums[0::2], nums[1::2]))
                     break
                 if consumed > 1 << 24:
@@ -345,9 +364,14 @@ def scan(
             size -= consumed
 
         stored = size  # bytes of data following the header(s)
+        if stored < 0:
+            raise TarFormatError(f"corrupt tar header at byte {member_at}: negative size")
         if sparse is not None:
             size = sparse_real if sparse_real is not None else stored
         kind = _TYPES.get(typeflag)
+        if typeflag in (b"0", b"\0") and name.endswith(b"/") and magic != b"ustar\0":
+            kind = stat.S_IFDIR  # pre-POSIX (v7) tar marks directories only by the slash
+            stored = 0
         if typeflag in _NO_DATA:
             stored = 0
         next_pos = data_at + (stored + BLOCK - 1) // BLOCK * BLOCK
