@@ -25,7 +25,7 @@ from __future__ import annotations
 import stat
 from typing import Callable, Iterable
 
-from .paths import Whiteout, parse_whiteout
+from .paths import Whiteout, in_aufs_meta, parse_whiteout
 from .tarscan import HARDLINK, Member
 
 __all__ = ["Node", "implicit_dir", "merge", "find"]
@@ -111,7 +111,13 @@ def apply_layer(root: Node, layer: int, members: Iterable[Member], warn: Callabl
     """Apply one layer's members to the tree built from the layers below it."""
     entries: list[Member] = []
     whiteouts: list[Whiteout] = []
+    # aufs kept hard-link targets under .wh..wh.plnk/: never shown, but links may point there.
+    hidden: dict[bytes, Node] = {}
     for m in members:
+        if in_aufs_meta(m.path):
+            if m.kind != stat.S_IFDIR and m.kind != HARDLINK:
+                hidden[m.path] = Node(m, layer)
+            continue
         wh = parse_whiteout(m.path)
         if wh is None:
             entries.append(m)
@@ -137,7 +143,7 @@ def apply_layer(root: Node, layer: int, members: Iterable[Member], warn: Callabl
             else:
                 parent.children[name] = Node(m, layer)
         elif m.kind == HARDLINK:
-            target = find(root, m.linkname)
+            target = hidden.get(m.linkname) or find(root, m.linkname)
             if target is None:
                 warn(f"layer {layer + 1}: hard link {_show(m.path)} points to missing {_show(m.linkname)}; skipped")
             elif target.children is not None:

@@ -15,6 +15,7 @@ __all__ = [
     "OPAQUE",
     "WHITEOUT_PREFIX",
     "Whiteout",
+    "in_aufs_meta",
     "normalize",
     "parse_whiteout",
     "split",
@@ -50,6 +51,18 @@ def split(path: bytes) -> tuple[bytes, bytes]:
     """``b"a/b/c"`` -> ``(b"a/b", b"c")``; the root's parent is the root."""
     head, _, tail = path.rpartition(b"/")
     return head, tail
+
+
+def in_aufs_meta(path: bytes) -> bool:
+    """Whether ``path`` lies in aufs bookkeeping (``.wh..wh.plnk/...``), which readers drop.
+
+    The opaque marker ``.wh..wh..opq`` as the last component is not such a name.
+    """
+    parts = path.split(b"/")
+    for i, part in enumerate(parts):
+        if part.startswith(_AUFS_META) and not (part == OPAQUE and i == len(parts) - 1):
+            return True
+    return False
 
 
 class Whiteout(NamedTuple):
