@@ -114,10 +114,14 @@ def main() -> None:
               help="Mount the image as it was after layer N (1 = base; negative counts from the top).")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None,
               help="Where the background daemon writes its log [default: nowhere].")
+@click.option("--overlay", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Make the mount writable: changes go to DIR (created if missing) as an OCI layer "
+                   "changeset (.wh. whiteouts); the archive is never written. Remount with the same DIR "
+                   "to see them again; `imagefs commit DIR` turns them into a new image.")
 @_common_index_options
 @_errors_to_exit
 def mount(archive: str, mountpoint: str, foreground: bool, options: tuple[str, ...], layer: int | None,
-          log_file: str | None, image: str | None, cache_dir: str | None, no_cache: bool, verify: bool,
+          log_file: str | None, overlay: str | None, image: str | None, cache_dir: str | None, no_cache: bool, verify: bool,
           quiet: bool, debug: bool) -> None:
     """Mount ARCHIVE read-only at MOUNTPOINT.
 
@@ -133,8 +137,13 @@ def mount(archive: str, mountpoint: str, foreground: bool, options: tuple[str, .
     """
     _setup_logging(debug, quiet)
     mp = mounting.check_mountpoint(mountpoint)
+    if overlay is not None:
+        from imagefs.overlay import check_overlay_dir
+
+        overlay = check_overlay_dir(overlay, mp)
     opts = BuildOptions(image=image, layer=layer, cache_dir=cache_dir, use_cache=not no_cache, verify=verify)
-    mopts = mounting.MountOptions(extra=mounting.split_o(options), debug=debug, foreground=foreground)
+    mopts = mounting.MountOptions(extra=mounting.split_o(options), debug=debug, foreground=foreground,
+                                  overlay=overlay)
     mounting.fuse_options(mopts)  # refuse bad -o before the (long) indexing
     index, tmp = open_index(archive, opts, _progress(quiet))
     try:
@@ -147,7 +156,8 @@ def mount(archive: str, mountpoint: str, foreground: bool, options: tuple[str, .
             return
         index_path = tmp or index.path
         mounting.spawn_daemon(
-            {"index": index_path, "mountpoint": mp, "options": list(mopts.extra), "debug": debug},
+            {"index": index_path, "mountpoint": mp, "options": list(mopts.extra), "debug": debug,
+             "overlay": overlay},
             mp, log_file,
         )
     finally:

@@ -42,7 +42,11 @@ class MountOptions:
     foreground: bool = False
     allow_other: bool = False
     fsname: str = "imagefs"
-    ro: bool = True
+    overlay: str | None = None
+
+    @property
+    def ro(self) -> bool:
+        return self.overlay is None
 
 
 def fuse_options(opts: MountOptions) -> set[str]:
@@ -50,8 +54,11 @@ def fuse_options(opts: MountOptions) -> set[str]:
     out = {f"fsname={opts.fsname}", "subtype=imagefs"}
     out.update(o for o in _FORCED if opts.ro or o != "ro")
     for o in opts.extra:
-        if o in ("rw", "suid", "dev") and opts.ro:
-            raise MountError(f"-o {o} is not possible: an imagefs mount is read-only, nosuid and nodev")
+        if o in ("suid", "dev") or (o == "rw" and opts.ro):
+            raise MountError(f"-o {o} is not possible: an imagefs mount is nosuid and nodev, "
+                             "and read-only unless --overlay is given")
+        if o == "ro" and not opts.ro:
+            raise MountError("-o ro contradicts --overlay")
         if o.startswith("fsname="):
             out = {x for x in out if not x.startswith("fsname=")}
         out.add(o)
@@ -102,7 +109,14 @@ def serve(tree: object, mountpoint: str, opts: MountOptions, on_ready: "callable
     from .tree import ImageTree
 
     assert isinstance(tree, ImageTree)
-    ops = ReadOnlyOperations(tree)
+    ops: pyfuse3.Operations
+    if opts.overlay:
+        from .overlay import Overlay
+        from .rwops import OverlayOperations
+
+        ops = OverlayOperations(Overlay(tree, opts.overlay))
+    else:
+        ops = ReadOnlyOperations(tree)
     try:
         pyfuse3.init(ops, mountpoint, fuse_options(opts))
     except RuntimeError as e:
@@ -205,7 +219,7 @@ def daemon_main() -> None:
 
         tree = ImageTree(Index(request["index"]))
         opts = MountOptions(extra=tuple(request["options"]), debug=bool(request.get("debug")),
-                            allow_other=bool(request.get("allow_other")))
+                            allow_other=bool(request.get("allow_other")), overlay=request.get("overlay"))
         serve(tree, request["mountpoint"], opts, on_ready=lambda: report("ok"))
     except ImageFSError as e:
         report(f"error: {e}")

@@ -1,0 +1,367 @@
+"""pyfuse3 operations for a writable mount: an `Overlay` (image + scratch directory).
+
+The read-only handlers' errno boundary applies here too.  What differs from
+`imagefs.fuseops`:
+
+* inode numbers: an entry the image has keeps the image's inode number, also
+  after it is copied up (the copy's inode in DIR is mapped back to it); new
+  entries get numbers above the image's.  Numbers are stable while mounted.
+* caching: the tree changes, so entries and attributes are cached for one
+  second and file pages are dropped on open (``keep_cache`` off).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+import pyfuse3
+
+from .fuseops import BLKSIZE, _errno_boundary
+from .overlay import Found, Overlay, Stat
+
+__all__ = ["OverlayOperations"]
+
+log = logging.getLogger(__name__)
+
+RW_TIMEOUT = 1.0
+_RENAME_NOREPLACE = getattr(pyfuse3, "RENAME_NOREPLACE", 1)
+_RENAME_EXCHANGE = getattr(pyfuse3, "RENAME_EXCHANGE", 2)
+
+
+@dataclass(slots=True)
+class _Handle:
+    found: Found
+    fd: int  # -1: reads go to the image
+
+
+class OverlayOperations(pyfuse3.Operations):
+    """The read-write mount of an image with a scratch directory."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, overlay: Overlay) -> None:
+        super().__init__()
+        self.ov = overlay
+        self.paths: dict[int, Found] = {pyfuse3.ROOT_INODE: overlay.root()}
+        self.by_upper: dict[int, int] = {}  # st_ino in DIR -> our inode
+        self.claimed: set[int] = set()  # image inodes that now stand for a file in DIR (or are gone)
+        self.next_ino = itertools.count(overlay.lower.index.n_inodes + 1)
+        self.handles: dict[int, _Handle] = {}
+        self.dirs: dict[int, list[tuple[bytes, Found]]] = {}
+        self.next_fh = itertools.count(1)
+
+    # -- inode numbers ---------------------------------------------------------
+
+    def _ino(self, f: Found) -> int:
+        if f.path == b"":
+            return pyfuse3.ROOT_INODE
+        if not f.upper:
+            self.paths[f.lower] = f
+            return f.lower
+        st = os.lstat(self.ov.up(f.path))
+        ino = self.by_upper.get(st.st_ino)
+        if ino is None:
+            if f.lower and (stat.S_ISDIR(st.st_mode) or f.lower not in self.claimed):
+                ino = f.lower  # a merged directory, or the copy of an image file
+            else:
+                ino = next(self.next_ino)
+            self.by_upper[st.st_ino] = ino
+            if not stat.S_ISDIR(st.st_mode) and f.lower:
+                self.claimed.add(f.lower)
+        self.paths[ino] = f
+        return ino
+
+    def _claim(self, ino: int, f: Found) -> Found:
+        """After a copy-up: the copy in DIR is still inode ``ino``."""
+        if f.upper:
+            st = os.lstat(self.ov.up(f.path))
+            self.by_upper[st.st_ino] = ino
+            if f.lower:
+                self.claimed.add(f.lower)
+        self.paths[ino] = f
+        return f
+
+    def _found(self, ino: int) -> Found:
+        f = self.paths.get(ino)
+        if f is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self.ov.refresh(f)
+
+    def _entry(self, ino: int, st: Stat) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = ino
+        e.generation = 0
+        e.entry_timeout = RW_TIMEOUT
+        e.attr_timeout = RW_TIMEOUT
+        e.st_mode = st.mode
+        e.st_nlink = st.nlink
+        e.st_uid = st.uid
+        e.st_gid = st.gid
+        e.st_rdev = st.rdev
+        e.st_size = st.size
+        e.st_blksize = BLKSIZE
+        e.st_blocks = st.blocks
+        e.st_atime_ns = st.atime_ns
+        e.st_mtime_ns = st.mtime_ns
+        e.st_ctime_ns = st.ctime_ns
+        return e
+
+    def _reply(self, f: Found) -> pyfuse3.EntryAttributes:
+        return self._entry(self._ino(f), self.ov.stat(f))
+
+    def _moved(self, old: bytes, new: bytes) -> None:
+        """Keep known paths right after a rename (descendants of a moved directory too)."""
+        prefix = old + b"/"
+        for ino, f in list(self.paths.items()):
+            if f.path == old or f.path.startswith(prefix):
+                self.paths[ino] = Found(new + f.path[len(old):], f.lower, f.upper)
+
+    # -- lookups ---------------------------------------------------------------
+
+    @_errno_boundary
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        parent = self._found(parent_inode)
+        if not self.ov.is_dir(parent):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        f = self.ov.step(parent, name)
+        if f is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._reply(f)
+
+    @_errno_boundary
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        f = self._found(inode)
+        return self._entry(inode, self.ov.stat(f))
+
+    @_errno_boundary
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        return self.ov.readlink(self._found(inode))
+
+    @_errno_boundary
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        f = self._found(inode)
+        if not self.ov.is_dir(f):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        fh = next(self.next_fh)
+        # A snapshot: positions stay valid however the directory changes meanwhile.
+        parent = self.ov.resolve(f.path.rpartition(b"/")[0]) if f.path else f
+        self.dirs[fh] = [(b".", f), (b"..", parent or f)] + list(self.ov.listdir(f))
+        return fh
+
+    @_errno_boundary
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        entries = self.dirs.get(fh, [])
+        for pos in range(start_id, len(entries)):
+            name, f = entries[pos]
+            try:
+                attrs = self._reply(f)
+            except FileNotFoundError:
+                continue  # removed since opendir
+            if not pyfuse3.readdir_reply(token, name, attrs, pos + 1):
+                break
+
+    @_errno_boundary
+    async def releasedir(self, fh: int) -> None:
+        self.dirs.pop(fh, None)
+
+    # -- files -----------------------------------------------------------------
+
+    def _new_handle(self, f: Found, fd: int) -> pyfuse3.FileInfo:
+        fh = next(self.next_fh)
+        self.handles[fh] = _Handle(f, fd)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False)
+
+    @_errno_boundary
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        f = self._found(inode)
+        if self.ov.is_dir(f):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        writing = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC))
+        if writing or f.upper:
+            fd = self.ov.open_upper(f, flags)
+            if writing and not f.upper:
+                f = self._claim(inode, Found(f.path, f.lower, True))
+            return self._new_handle(f, fd)
+        return self._new_handle(f, -1)
+
+    @_errno_boundary
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent = self._found(parent_inode)
+        fd, f = self.ov.create(parent, name, mode, flags & ~os.O_CREAT, ctx.uid, ctx.gid)
+        attrs = self._reply(f)
+        return self._new_handle(f, fd), attrs
+
+    @_errno_boundary
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self.handles[fh]
+        if h.fd >= 0:
+            return os.pread(h.fd, size, off)
+        return self.ov.read_lower(h.found, off, size)
+
+    @_errno_boundary
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self.handles[fh]
+        if h.fd < 0:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return os.pwrite(h.fd, buf, off)
+
+    @_errno_boundary
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @_errno_boundary
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        h = self.handles[fh]
+        if h.fd >= 0:
+            (os.fdatasync if datasync else os.fsync)(h.fd)
+
+    @_errno_boundary
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        entries = self.dirs.get(fh)
+        if entries and entries[0][1].upper:
+            fd = os.open(self.ov.up(entries[0][1].path), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    @_errno_boundary
+    async def release(self, fh: int) -> None:
+        h = self.handles.pop(fh, None)
+        if h is not None and h.fd >= 0:
+            os.close(h.fd)
+
+    # -- changes ---------------------------------------------------------------
+
+    @_errno_boundary
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
+        f = self._found(inode)
+        size = attr.st_size if fields.update_size else None
+        if size is not None and fh is not None and fh in self.handles and self.handles[fh].fd >= 0:
+            os.ftruncate(self.handles[fh].fd, size)
+            size = None
+        was_upper = f.upper
+        f = self.ov.setattr(
+            f,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=size,
+            atime_ns=(pyfuse3_now_ns() if getattr(fields, "update_atime_now", False) else attr.st_atime_ns)
+            if fields.update_atime else None,
+            mtime_ns=(pyfuse3_now_ns() if getattr(fields, "update_mtime_now", False) else attr.st_mtime_ns)
+            if fields.update_mtime else None,
+        )
+        if not was_upper:
+            self._claim(inode, f)
+        return self._entry(inode, self.ov.stat(f))
+
+    @_errno_boundary
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        return self._reply(self.ov.mkdir(self._found(parent_inode), name, mode, ctx.uid, ctx.gid))
+
+    @_errno_boundary
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        return self._reply(self.ov.symlink(self._found(parent_inode), name, target, ctx.uid, ctx.gid))
+
+    @_errno_boundary
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        return self._reply(self.ov.mknod(self._found(parent_inode), name, mode, rdev, ctx.uid, ctx.gid))
+
+    @_errno_boundary
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        src = self._found(inode)
+        was_upper = src.upper
+        f = self.ov.link(src, self._found(new_parent_inode), new_name)
+        if not was_upper:
+            self._claim(inode, Found(src.path, src.lower, True))
+        self._claim(inode, f)
+        return self._entry(inode, self.ov.stat(f))
+
+    @_errno_boundary
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        parent = self._found(parent_inode)
+        f = self.ov.step(parent, name)
+        self.ov.unlink(parent, name)
+        if f is not None and f.lower:
+            self.claimed.add(f.lower)  # never hand this image inode out again
+
+    @_errno_boundary
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self.ov.rmdir(self._found(parent_inode), name)
+
+    @_errno_boundary
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
+                     flags: int, ctx: Any) -> None:
+        if flags & _RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        sp, dp = self._found(parent_inode_old), self._found(parent_inode_new)
+        src = self.ov.step(sp, name_old)
+        if src is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        ino = self._ino(src)
+        dst = self.ov.step(dp, name_new)
+        if dst is not None and dst.lower:
+            self.claimed.add(dst.lower)
+        new = self.ov.rename(sp, name_old, dp, name_new, noreplace=bool(flags & _RENAME_NOREPLACE))
+        self._moved(src.path, new.path)
+        self._claim(ino, new)
+
+    # -- xattrs and the rest -----------------------------------------------------
+
+    @_errno_boundary
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        value = self.ov.xattrs(self._found(inode)).get(name)
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    @_errno_boundary
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        return list(self.ov.xattrs(self._found(inode)))
+
+    @_errno_boundary
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        f = self._found(inode)
+        was_upper = f.upper
+        f = self.ov.setxattr(f, name, value)
+        if not was_upper:
+            self._claim(inode, f)
+
+    @_errno_boundary
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        f = self._found(inode)
+        if name not in self.ov.xattrs(f):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        was_upper = f.upper
+        f = self.ov.removexattr(f, name)
+        if not was_upper:
+            self._claim(inode, f)
+
+    @_errno_boundary
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        v = self.ov.statfs()
+        s = pyfuse3.StatvfsData()
+        for field in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
+                      "f_favail", "f_namemax"):
+            setattr(s, field, getattr(v, field))
+        return s
+
+    async def forget(self, inode_list: Any) -> None:
+        # Paths are kept for every inode ever handed out, so a number never changes meaning.
+        return None
+
+
+def pyfuse3_now_ns() -> int:
+    import time
+
+    return time.time_ns()
