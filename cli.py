@@ -337,6 +337,31 @@ def layers_cmd(archive: str, as_json: bool, image: str | None, cache_dir: str | 
                "by files that later layers overwrite or delete")
 
 
+@main.command("commit")
+@click.argument("overlay_dir", metavar="DIR", type=click.Path(file_okay=False))
+@click.option("--archive", "archive", required=True, type=click.Path(dir_okay=False),
+              help="The archive the overlay was mounted over.")
+@click.option("--image", metavar="REF", help="The image of ARCHIVE, when it holds several.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The new archive to write.")
+@click.option("-t", "--tag", metavar="NAME:TAG", help="Tag of the new image (RepoTags).")
+@click.option("-m", "--message", default="imagefs commit", show_default=True,
+              help="created_by of the new history entry.")
+@click.option("--debug", is_flag=True, help="Tracebacks on errors.")
+@_errors_to_exit
+def commit_cmd(overlay_dir: str, archive: str, image: str | None, output: str, tag: str | None,
+               message: str, debug: bool) -> None:
+    """Write the image with DIR's changes as a new top layer to a docker-save archive.
+
+    The result loads with `docker load`/`podman load` and mounts with imagefs
+    to the tree the overlay showed.  Unmount the overlay first.
+    """
+    from imagefs.commit import CommitOptions, commit
+
+    _setup_logging(debug)
+    image_id = commit(overlay_dir, archive, output, CommitOptions(image=image, tag=tag, message=message))
+    click.echo(f"{output}: {image_id}")
+
+
 def _human(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
