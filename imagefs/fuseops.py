@@ -34,6 +34,16 @@ BLKSIZE = 128 * 1024
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
+# With pyfuse3 patched by ci/patch_pyfuse3.py, read() gets the inode when the
+# kernel sends no file handle, so open can answer ENOSYS: the kernel then stops
+# sending OPEN/RELEASE and keeps page caches across opens (no_open mode).
+try:
+    from pyfuse3 import _pyfuse3 as _pyfuse3_py
+
+    NO_OPEN = bool(getattr(_pyfuse3_py, "IMAGEFS_READ_INO", False))
+except ImportError:  # pragma: no cover - layout of other pyfuse3 versions
+    NO_OPEN = False
+
 
 def _errno_boundary(fn: F) -> F:
     @functools.wraps(fn)
@@ -69,10 +79,11 @@ class ReadOnlyOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: ImageTree, timeout: float = CACHE_TIMEOUT) -> None:
+    def __init__(self, tree: ImageTree, timeout: float = CACHE_TIMEOUT, no_open: bool | None = None) -> None:
         super().__init__()
         self.tree = tree
         self.timeout = timeout
+        self.no_open = NO_OPEN if no_open is None else no_open
 
     def _entry(self, ino: int) -> pyfuse3.EntryAttributes:
         a = self.tree.attr(ino)
@@ -167,6 +178,8 @@ class ReadOnlyOperations(pyfuse3.Operations):
 
     @_errno_boundary
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        if self.no_open:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # see NO_OPEN: "open always succeeds", for good
         self._valid(inode)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
@@ -177,6 +190,10 @@ class ReadOnlyOperations(pyfuse3.Operations):
 
     @_errno_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        # fh is the inode: open returns it as the handle, and in no_open mode
+        # the patched pyfuse3 passes the inode itself.
+        if not self.tree.index.valid(fh) or not stat.S_ISREG(self.tree.attr(fh).mode):
+            raise pyfuse3.FUSEError(errno.EBADF)
         return self.tree.read(fh, off, size)
 
     @_errno_boundary
