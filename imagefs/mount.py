@@ -14,13 +14,19 @@ import json
 import logging
 import os
 import shutil
+import select
 import signal
+import stat
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 from .errors import ImageFSError, MountError
+
+if TYPE_CHECKING:
+    from .tree import ImageTree
 
 __all__ = ["MountOptions", "check_mountpoint", "fuse_options", "serve", "spawn_daemon", "unmount"]
 
@@ -85,9 +91,7 @@ def check_mountpoint(path: str) -> str:
         if e.errno == errno.ENOENT:
             raise MountError(f"mountpoint {mp} does not exist") from None
         raise MountError(f"mountpoint {mp}: {e.strerror}") from None
-    import stat as _stat
-
-    if not _stat.S_ISDIR(st.st_mode):
+    if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mountpoint {mp} is not a directory")
     if os.path.ismount(mp):
         raise MountError(f"{mp} is already a mount point")
@@ -96,7 +100,7 @@ def check_mountpoint(path: str) -> str:
     return mp
 
 
-def serve(tree: object, mountpoint: str, opts: MountOptions, on_ready: "callable[[], None] | None" = None) -> None:
+def serve(tree: "ImageTree", mountpoint: str, opts: MountOptions, on_ready: Callable[[], None] | None = None) -> None:
     """Mount ``tree`` at ``mountpoint`` and serve until unmounted or signalled.
 
     SIGINT, SIGTERM and SIGHUP unmount cleanly; the mount is always removed on
@@ -106,9 +110,7 @@ def serve(tree: object, mountpoint: str, opts: MountOptions, on_ready: "callable
     import trio
 
     from .fuseops import ReadOnlyOperations
-    from .tree import ImageTree
 
-    assert isinstance(tree, ImageTree)
     ops: pyfuse3.Operations
     if opts.overlay:
         from .overlay import Overlay
@@ -167,8 +169,6 @@ def spawn_daemon(request: dict[str, object], mountpoint: str, log_file: str | No
     deadline = time.monotonic() + READY_TIMEOUT
     msg = b""
     with os.fdopen(rfd, "rb", buffering=0) as ready:
-        import select
-
         while time.monotonic() < deadline:
             r, _, _ = select.select([ready], [], [], 0.2)
             if r:
@@ -267,7 +267,8 @@ def unmount(mountpoint: str, timeout: float = 10.0) -> None:
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode == 0:
             break
-        last = (r.stderr or r.stdout).strip().splitlines()[-1:] and (r.stderr or r.stdout).strip().splitlines()[-1]
+        lines = (r.stderr or r.stdout).strip().splitlines()
+        last = lines[-1] if lines else f"{cmd[0]} exited with status {r.returncode}"
     else:
         if "busy" in last.lower():
             raise MountError(f"{mp} is busy (a process is using it); close it and retry")

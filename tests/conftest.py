@@ -167,12 +167,42 @@ def _run_quiet(cmd: Sequence[str]) -> None:
         pass
 
 
+def _responsive(mp: str) -> bool:
+    """Whether the daemon behind ``mp`` still answers: a lookup of a fresh name (which no
+    kernel cache can answer), in a child process so that a hang costs only the timeout."""
+    probe = os.path.join(mp, f".imagefs-test-probe-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        subprocess.run(["stat", probe], capture_output=True, timeout=5, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return False
+    except OSError:
+        pass
+    return True
+
+
+def _signal_all(mp: str, sig: int) -> bool:
+    """Send ``sig`` to every imagefs process of ``mp`` and wait for them; whether there were any."""
+    pids = processes_for(mp)
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    if pids:
+        wait_until(lambda: not processes_for(mp), timeout=5.0)
+    return bool(pids)
+
+
 def force_unmount(mountpoint: str | os.PathLike[str], cli: Sequence[str]) -> list[str]:
     """Remove any mount at ``mountpoint`` and end its daemon, by ever stronger means.
 
     Returns what is still wrong afterwards (empty when all is clean).
     """
     mp = os.path.abspath(mountpoint)
+    if is_mounted(mp) and not _responsive(mp):
+        # A stopped or deadlocked daemon answers nothing, and every step below would block
+        # on it until its timeout.  Dead, it leaves a stale mount that they clear at once.
+        _signal_all(mp, signal.SIGKILL)
     steps: list[list[str]] = [
         [*cli, "umount", mp],
         ["fusermount3", "-u", mp],
@@ -186,15 +216,8 @@ def force_unmount(mountpoint: str | os.PathLike[str], cli: Sequence[str]) -> lis
     # A daemon whose mount is gone exits by itself; give it a moment, then make it.
     wait_until(lambda: not processes_for(mp), timeout=5.0)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = processes_for(mp)
-        if not pids:
+        if not _signal_all(mp, sig):
             break
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        wait_until(lambda: not processes_for(mp), timeout=5.0)
     if is_mounted(mp):  # killing the daemon can leave a stale mount behind
         _run_quiet(["fusermount3", "-uz", mp])
         wait_until(lambda: not is_mounted(mp), timeout=5.0)

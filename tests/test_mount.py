@@ -117,11 +117,8 @@ def test_listing_and_bytes(rich: Path) -> None:
     assert (rich / "etc/added").read_bytes() == b"layer 2\n"
     assert (rich / "etc/ns").read_bytes() == b"ns\n"
     assert (rich / "etc/empty").read_bytes() == b""
-    assert not (rich / "etc/gone").exists()
     assert hashlib.sha256((rich / "data/big").read_bytes()).digest() == hashlib.sha256(BIG).digest()
-
-
-def test_positional_reads(rich: Path) -> None:
+    # positional reads anywhere, past the end too
     fd = os.open(rich / "data/big", os.O_RDONLY)
     try:
         rng = random.Random(1)
@@ -133,67 +130,63 @@ def test_positional_reads(rich: Path) -> None:
         assert os.pread(fd, 10, len(BIG) + 10**9) == b""
     finally:
         os.close(fd)
-
-
-def test_lookup_errors(rich: Path) -> None:
-    with pytest.raises(FileNotFoundError):
-        os.stat(rich / "etc/nope")
-    with pytest.raises(FileNotFoundError):
-        os.stat(rich / "etc/gone")
+    # what is not there
+    for path, exc in (("etc/nope", FileNotFoundError), ("etc/gone", FileNotFoundError),
+                      ("etc/hello/x", NotADirectoryError)):
+        with pytest.raises(exc):
+            os.stat(rich / path)
     with pytest.raises(NotADirectoryError):
         os.listdir(rich / "etc/hello")
-    with pytest.raises(NotADirectoryError):
-        os.stat(rich / "etc/hello/x")
     with pytest.raises(IsADirectoryError):
         (rich / "etc").read_bytes()
 
 
 # -- stat fields ---------------------------------------------------------------
 
-
-@pytest.mark.parametrize("path, kind, mode", [
-    ("etc", stat.S_IFDIR, 0o755),
-    ("etc/hello", stat.S_IFREG, 0o644),
-    ("etc/owned", stat.S_IFREG, 0o600),
-    ("usr/bin/su", stat.S_IFREG, 0o4755),
-    ("usr/bin/wall", stat.S_IFREG, 0o2755),
-    ("usr/bin/all", stat.S_IFREG, 0o7777),
-    ("usr/bin/none", stat.S_IFREG, 0o000),
-    ("tmp", stat.S_IFDIR, 0o1777),
-    ("data", stat.S_IFDIR, 0o750),
-    ("data/hl-b", stat.S_IFREG, 0o640),
-    ("etc/rel", stat.S_IFLNK, 0o777),
-    ("dev/null", stat.S_IFCHR, 0o666),
-    ("dev/loop0", stat.S_IFBLK, 0o660),
-    ("dev/fifo", stat.S_IFIFO, 0o640),
-])
-def test_mode(rich: Path, path: str, kind: int, mode: int) -> None:
-    st = os.lstat(rich / path)
-    assert stat.S_IFMT(st.st_mode) == kind
-    assert oct(stat.S_IMODE(st.st_mode)) == oct(mode)
-
-
-@pytest.mark.parametrize("path, uid, gid, size", [
-    ("etc/hello", 1000, 1001, 12),
-    ("etc/owned", 200000, 200001, 1),
-    ("etc/empty", 0, 0, 0),
-    ("usr/bin/wall", 0, 5, 9),
-    ("data/big", 0, 0, len(BIG)),
-    ("data/hl-a", 7, 8, 7),
-    ("etc/hl-c", 7, 8, 7),
-    ("dev/loop0", 0, 6, 0),
-])
-def test_owner_and_size(rich: Path, path: str, uid: int, gid: int, size: int) -> None:
-    st = os.lstat(rich / path)
-    assert (st.st_uid, st.st_gid, st.st_size) == (uid, gid, size)
+MODES = {
+    "etc": (stat.S_IFDIR, 0o755),
+    "etc/hello": (stat.S_IFREG, 0o644),
+    "etc/owned": (stat.S_IFREG, 0o600),
+    "usr/bin/su": (stat.S_IFREG, 0o4755),
+    "usr/bin/wall": (stat.S_IFREG, 0o2755),
+    "usr/bin/all": (stat.S_IFREG, 0o7777),
+    "usr/bin/none": (stat.S_IFREG, 0o000),
+    "tmp": (stat.S_IFDIR, 0o1777),
+    "data": (stat.S_IFDIR, 0o750),
+    "data/hl-b": (stat.S_IFREG, 0o640),
+    "etc/rel": (stat.S_IFLNK, 0o777),
+    "dev/null": (stat.S_IFCHR, 0o666),
+    "dev/loop0": (stat.S_IFBLK, 0o660),
+    "dev/fifo": (stat.S_IFIFO, 0o640),
+}
+OWNERS_AND_SIZES = {
+    "etc/hello": (1000, 1001, 12),
+    "etc/owned": (200000, 200001, 1),
+    "etc/empty": (0, 0, 0),
+    "usr/bin/wall": (0, 5, 9),
+    "data/big": (0, 0, len(BIG)),
+    "data/hl-a": (7, 8, 7),
+    "etc/hl-c": (7, 8, 7),
+    "dev/loop0": (0, 6, 0),
+}
 
 
-def test_mtime_whole_seconds(rich: Path) -> None:
+def test_modes_incl_setuid_setgid_sticky(rich: Path) -> None:
+    got = {}
+    for path in MODES:
+        st = os.lstat(rich / path)
+        got[path] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode))
+    wrong = {p: (oct(got[p][0]), oct(got[p][1])) for p in MODES if got[p] != MODES[p]}
+    assert not wrong, f"wrong (type, mode): {wrong}"
+
+
+def test_owner_size_and_mtime(rich: Path) -> None:
+    got = {p: (os.lstat(rich / p).st_uid, os.lstat(rich / p).st_gid, os.lstat(rich / p).st_size)
+           for p in OWNERS_AND_SIZES}
+    assert got == OWNERS_AND_SIZES
     for path in ("etc", "etc/hello", "data/big", "etc/rel", "dev/null", "tmp"):
         assert os.lstat(rich / path).st_mtime_ns == MTIME * 10**9, path
-
-
-def test_mtime_nanoseconds_from_pax(rich: Path) -> None:
+    # PAX mtime records carry nanoseconds
     assert os.stat(rich / "etc/ns").st_mtime_ns == NS_MTIME_NS
 
 
@@ -211,15 +204,12 @@ def test_hardlinks_share_inode_and_count(rich: Path) -> None:
     assert hello.st_nlink == 1 and hello.st_ino != version.st_ino != stats[0].st_ino
 
 
-def test_device_numbers(rich: Path) -> None:
+def test_devices_and_blocks(rich: Path) -> None:
     null = os.lstat(rich / "dev/null")
     loop = os.lstat(rich / "dev/loop0")
     assert stat.S_ISCHR(null.st_mode) and (os.major(null.st_rdev), os.minor(null.st_rdev)) == (1, 3)
     assert stat.S_ISBLK(loop.st_mode) and (os.major(loop.st_rdev), os.minor(loop.st_rdev)) == (7, 0)
     assert os.lstat(rich / "dev/fifo").st_rdev == 0
-
-
-def test_blocks(rich: Path) -> None:
     for path in ("etc/hello", "data/big", "data/hl-a", "usr/bin/su", "etc/ns"):
         st = os.lstat(rich / path)
         assert st.st_blocks > 0, path
@@ -342,14 +332,23 @@ WRITES = {
 }
 
 
-@pytest.mark.parametrize("op", sorted(WRITES))
-def test_every_write_fails_with_erofs(rich: Path, op: str) -> None:
-    with pytest.raises(OSError) as e:
-        WRITES[op](rich)
-    assert e.value.errno == errno.EROFS, f"{op}: {e.value!r}"
+def test_every_write_fails_with_erofs(rich: Path) -> None:
+    wrong = {}
+    for op, write in WRITES.items():
+        try:
+            write(rich)
+        except OSError as e:
+            if e.errno != errno.EROFS:
+                wrong[op] = repr(e)
+        else:
+            wrong[op] = "succeeded"
+    assert not wrong, f"writes that did not fail with EROFS: {wrong}"
     # and nothing changed
     assert (rich / "etc/hello").read_bytes() == b"hello world\n"
-    assert not (rich / "etc/new").exists()
+    assert sorted(os.listdir(rich / "etc")) == sorted([
+        "abs", "added", "dangling", "dirlink", "empty", "hello", "hl-c", "ns", "owned", "rel", "version",
+    ])
+    assert os.listxattr(rich / "etc/hello") == []
 
 
 def test_mount_table_shows_imagefs_read_only(rich: Path) -> None:
@@ -484,13 +483,32 @@ def test_no_cache_leaves_no_index(mounted: Mounter, rich_archive: Path, tmp_path
     assert not cache.exists() or _indexes(cache) == {}
 
 
-def test_relative_paths(mounted: Mounter, rich_archive: Path, tmp_path: Path) -> None:
-    """Archive, mountpoint and cache dir given relative to the caller's cwd (the daemon runs in /)."""
+def _relative_setup(mounted: Mounter, rich_archive: Path, tmp_path: Path) -> Path:
     work = tmp_path / "rel"
     work.mkdir()
     (work / "mnt").mkdir()
     os.link(rich_archive, work / "rich.tar")
     mounted.track(work / "mnt")
+    return work
+
+
+def test_relative_archive_and_mountpoint(mounted: Mounter, rich_archive: Path, tmp_path: Path) -> None:
+    """ARCHIVE and MOUNTPOINT relative to the caller's cwd (the daemon runs elsewhere)."""
+    work = _relative_setup(mounted, rich_archive, tmp_path)
+    r = run_cli(mounted.cli, "mount", "--cache-dir", tmp_path / "cache", "rich.tar", "mnt", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert (work / "mnt/etc/hello").read_bytes() == b"hello world\n"
+    r = run_cli(mounted.cli, "umount", "mnt", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert not is_mounted(work / "mnt")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: a relative --cache-dir gives the daemon a relative index path, but the daemon runs "
+    "with cwd=/ and cannot open it, so the mount fails (reported as a 30 s timeout, see "
+    "test_cli.py::test_daemon_side_error_is_reported)"))
+def test_relative_cache_dir(mounted: Mounter, rich_archive: Path, tmp_path: Path) -> None:
+    work = _relative_setup(mounted, rich_archive, tmp_path)
     r = run_cli(mounted.cli, "mount", "--cache-dir", "cache", "rich.tar", "mnt", cwd=work)
     assert r.returncode == 0, r.stderr
     assert (work / "mnt/etc/hello").read_bytes() == b"hello world\n"
@@ -509,6 +527,7 @@ LAYOUTS = {
 
 
 def _tree(root: Path) -> dict[str, tuple[int, bytes]]:
+    """path -> (st_mode, sha256 of the content) for everything below ``root``."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -519,6 +538,28 @@ def _tree(root: Path) -> dict[str, tuple[int, bytes]]:
     return out
 
 
+_KINDS = {tarfile.REGTYPE: stat.S_IFREG, tarfile.DIRTYPE: stat.S_IFDIR, tarfile.SYMTYPE: stat.S_IFLNK,
+          tarfile.CHRTYPE: stat.S_IFCHR, tarfile.BLKTYPE: stat.S_IFBLK, tarfile.FIFOTYPE: stat.S_IFIFO}
+
+
+def _expected_tree(layers: list[list[b.Entry]]) -> dict[str, tuple[int, bytes]]:
+    """What `_tree` must show for these layers (files and whiteouts only: no opaque dirs here)."""
+    entries: dict[str, b.Entry] = {}
+    for layer in layers:
+        for e in layer:
+            head, _, base = str(e.path).rpartition("/")
+            if base.startswith(".wh."):
+                del entries[f"{head}/{base[4:]}" if head else base[4:]]
+            else:
+                entries[str(e.path)] = e
+    out = {}
+    for name, e in entries.items():
+        src = entries[str(e.linkname)] if e.kind == tarfile.LNKTYPE else e
+        kind = _KINDS[src.kind]
+        out[name] = (kind | src.mode, hashlib.sha256(src.data if kind == stat.S_IFREG else b"").digest())
+    return out
+
+
 @pytest.mark.parametrize("layout", [
     "docker", "legacy", "docker25", "oci",
     pytest.param("oci-gzip", marks=pytest.mark.xfail(strict=False, reason="compressed layers: issue 3")),
@@ -526,8 +567,10 @@ def _tree(root: Path) -> dict[str, tuple[int, bytes]]:
 ])
 def test_every_layout_gives_the_same_tree(mounted: Mounter, tmp_path: Path, layout: str) -> None:
     layers = [[e for e in LAYER1 if e.path != "data/big"], LAYER2]
-    reference, other = tmp_path / "ref.tar", tmp_path / f"{layout}.tar"
-    b.write_docker_archive(str(reference), layers)
-    LAYOUTS[layout](str(other), layers)
-    want = _tree(mounted(reference).mountpoint)
-    assert _tree(mounted(other).mountpoint) == want
+    archive = tmp_path / f"{layout}.tar"
+    LAYOUTS[layout](str(archive), layers)
+    got = _tree(mounted(archive).mountpoint)
+    want = _expected_tree(layers)
+    assert sorted(got) == sorted(want)
+    wrong = {p: (oct(got[p][0]), oct(want[p][0])) for p in want if got[p] != want[p]}
+    assert not wrong, f"(got mode, want mode) or content differs: {wrong}"
