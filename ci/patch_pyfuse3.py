@@ -8,8 +8,14 @@ difference between ``grep -r`` taking 17 s or under 1 s on 200,000 small
 files.  But pyfuse3 hands ``read`` only the file handle, which is 0 in that
 mode; the inode number is in the request and libfuse passes it, pyfuse3 drops
 it.  This patch passes the inode instead when the handle is 0, and marks the
-package (``pyfuse3._pyfuse3.IMAGEFS_READ_INO``) so imagefs knows it can use
+package (``pyfuse3._pyfuse3.IMAGEFS_PATCH``) so imagefs knows it can use
 no_open mode.  Unpatched pyfuse3 works too, with the ordinary open/release.
+
+A second hunk lets an Operations object ask the kernel to cache directory
+listings (``imagefs_cache_readdir = True``: opendir replies with
+``cache_readdir`` and ``keep_cache``), so a second ``find`` or ``ls -R`` over
+an immutable image is answered from the kernel's cache instead of one
+READDIRPLUS per directory through Python.
 
 Usage: python3 ci/patch_pyfuse3.py SOURCE_DIR   (an unpacked pyfuse3 sdist)
 """
@@ -26,7 +32,18 @@ OLD = """cdef void fuse_read (fuse_req_t req, fuse_ino_t ino, size_t size, off_t
     c.fh = fi.fh
 """
 NEW = OLD.replace("    c.fh = fi.fh\n", "    c.fh = fi.fh if fi.fh else ino  # imagefs: no_open mode has no handle\n")
-MARKER = "\n# Added by imagefs' ci/patch_pyfuse3.py: read() gets the inode when fh is 0.\nIMAGEFS_READ_INO = True\n"
+OLD_DIR = """        c.fi.fh = await operations.opendir(c.ino, ctx)
+"""
+NEW_DIR = OLD_DIR + """        if getattr(operations, 'imagefs_cache_readdir', False):
+            c.fi.cache_readdir = 1
+            c.fi.keep_cache = 1
+"""
+OLD_PXD = """        unsigned int keep_cache
+"""
+NEW_PXD = OLD_PXD + """        unsigned int cache_readdir
+"""
+MARKER = ("\n# Added by imagefs' ci/patch_pyfuse3.py: read() gets the inode when fh is 0,\n"
+          "# and opendir can ask for cached listings.\nIMAGEFS_READ_INO = True\nIMAGEFS_PATCH = 2\n")
 
 
 def main(src: str) -> None:
@@ -36,9 +53,14 @@ def main(src: str) -> None:
     if NEW in text:
         print("patch_pyfuse3: already patched")
         return
-    if text.count(OLD) != 1:
-        sys.exit("patch_pyfuse3: fuse_read in handlers.pxi is not what this patch expects")
-    handlers.write_text(text.replace(OLD, NEW))
+    if text.count(OLD) != 1 or text.count(OLD_DIR) != 1:
+        sys.exit("patch_pyfuse3: handlers.pxi is not what this patch expects")
+    pxd = pathlib.Path(src) / "Include" / "fuse_common.pxd"
+    pxd_text = pxd.read_text()
+    if pxd_text.count(OLD_PXD) != 1:
+        sys.exit("patch_pyfuse3: Include/fuse_common.pxd is not what this patch expects")
+    handlers.write_text(text.replace(OLD, NEW).replace(OLD_DIR, NEW_DIR))
+    pxd.write_text(pxd_text.replace(OLD_PXD, NEW_PXD))
     with open(root / "_pyfuse3.py", "a") as f:
         f.write(MARKER)
     print("patch_pyfuse3: patched", handlers)

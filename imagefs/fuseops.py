@@ -78,12 +78,18 @@ class ReadOnlyOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
     enable_acl = False
+    # Read by the patched pyfuse3 (ci/patch_pyfuse3.py): listings of an image
+    # never change, so the kernel may keep them.
+    imagefs_cache_readdir = True
 
     def __init__(self, tree: ImageTree, timeout: float = CACHE_TIMEOUT, no_open: bool | None = None) -> None:
         super().__init__()
         self.tree = tree
         self.timeout = timeout
         self.no_open = NO_OPEN if no_open is None else no_open
+        # An image without any xattr answers ENOSYS once and the kernel stops
+        # asking: `ls -l` otherwise costs two round trips per file for nothing.
+        self.has_xattrs = tree.index.meta.get("inodes_with_xattrs", 1) > 0
 
     def _entry(self, ino: int) -> pyfuse3.EntryAttributes:
         a = self.tree.attr(ino)
@@ -205,6 +211,8 @@ class ReadOnlyOperations(pyfuse3.Operations):
 
     @_errno_boundary
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        if not self.has_xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         self._valid(inode)
         value = self.tree.xattrs(inode).get(name)
         if value is None:
@@ -213,6 +221,8 @@ class ReadOnlyOperations(pyfuse3.Operations):
 
     @_errno_boundary
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        if not self.has_xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         self._valid(inode)
         return list(self.tree.xattrs(inode))
 

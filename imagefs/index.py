@@ -123,6 +123,7 @@ def write_index(root: Node, meta: dict[str, Any], path: str) -> None:
         nlinks[inos[id(node)] - 1] = 2 + subdirs
 
     inodes = bytearray(INODE.size * len(nodes))
+    with_xattrs = 0
     for n, node in enumerate(nodes):
         m = node.member
         ino = n + 1
@@ -135,6 +136,7 @@ def write_index(root: Node, meta: dict[str, Any], path: str) -> None:
             extra_off, extra_len = pool.add(blob), len(blob)
         xattr_off = xattr_len = 0
         if m.xattrs:
+            with_xattrs += 1
             blob = _encode_xattrs(m.xattrs)
             xattr_off, xattr_len = pool.add(blob), len(blob)
         first, count = dir_ranges.get(ino, (0, 0))
@@ -143,6 +145,7 @@ def write_index(root: Node, meta: dict[str, Any], path: str) -> None:
             m.kind | m.mode, m.uid, m.gid, nlinks[n], m.size, m.mtime_ns, m.rdev, node.layer,
             m.offset, extra_off, extra_len, xattr_off, xattr_len, first, count, parents[n], node.touched,
         )
+    meta = dict(meta, inodes_with_xattrs=with_xattrs)
     meta_raw = json.dumps(meta, sort_keys=True).encode()
     inode_off = HEADER.size
     dirent_off = inode_off + len(inodes)

@@ -135,7 +135,9 @@ def serve(tree: "ImageTree", mountpoint: str, opts: MountOptions, on_ready: Call
             nursery.start_soon(on_signals)
             if on_ready is not None:
                 on_ready()
-            await pyfuse3.main()
+            # Handlers never await (reads are pread on the page cache), so extra
+            # worker tasks would only add scheduling per request.
+            await pyfuse3.main(min_tasks=1, max_tasks=1)
             nursery.cancel_scope.cancel()
 
     try:
