@@ -158,7 +158,7 @@ def mount(archive: str, mountpoint: str, foreground: bool, options: tuple[str, .
         mounting.spawn_daemon(
             {"index": index_path, "mountpoint": mp, "options": list(mopts.extra), "debug": debug,
              "overlay": overlay},
-            mp, log_file,
+            mp, log_file, fork=index.from_cache,
         )
     finally:
         if tmp is not None:

@@ -254,6 +254,7 @@ def open_index(archive_path: str, opts: BuildOptions, progress: Progress | None 
                 raise IndexCacheError("--verify re-indexes")
             idx = Index(path)
             if idx.meta.get("archive") == ident.as_dict():
+                idx.from_cache = True
                 return idx, None
             idx.close()
         except IndexCacheError as e:

@@ -182,6 +182,7 @@ class Index:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.from_cache = False  # set by build.open_index when an existing index was reused
         try:
             with open(path, "rb") as f:
                 self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)

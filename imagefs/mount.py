@@ -28,7 +28,7 @@ from .errors import ImageFSError, MountError
 if TYPE_CHECKING:
     from .tree import ImageTree
 
-__all__ = ["MountOptions", "check_mountpoint", "fuse_options", "serve", "spawn_daemon", "unmount"]
+__all__ = ["MountOptions", "check_mountpoint", "fuse_options", "run_daemon", "serve", "spawn_daemon", "unmount"]
 
 log = logging.getLogger(__name__)
 
@@ -146,63 +146,113 @@ def serve(tree: "ImageTree", mountpoint: str, opts: MountOptions, on_ready: Call
         pyfuse3.close(unmount=True)
 
 
-def spawn_daemon(request: dict[str, object], mountpoint: str, log_file: str | None) -> None:
+def spawn_daemon(request: dict[str, object], mountpoint: str, log_file: str | None, fork: bool = False) -> None:
     """Start the daemon for ``request`` and return once the mount is usable.
+
+    ``fork``: start it by forking this process, which saves starting Python
+    and importing everything again (what makes a remount with a cached index
+    quick); otherwise a fresh interpreter runs it, so that memory used for
+    indexing is not carried into the long-lived daemon.
 
     Raises:
         MountError: the daemon failed (its message), died, or did not become ready in time.
     """
     rfd, wfd = os.pipe()
-    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    request = dict(request, ready_fd=wfd)
-    stderr = open(log_file, "ab") if log_file else subprocess.DEVNULL
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from imagefs.mount import daemon_main; daemon_main()", json.dumps(request)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-            pass_fds=(wfd,), start_new_session=True, env=env, cwd="/",
-        )
-    finally:
+    if fork:
+        import pyfuse3  # noqa: F401 - imported once here rather than in the child's critical path
+        import trio  # noqa: F401
+
+        pid = os.fork()
+        if pid == 0:
+            os.close(rfd)
+            _daemonize(log_file)
+            code = 1
+            try:
+                run_daemon(request, wfd)
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            finally:
+                os._exit(code)
         os.close(wfd)
-        if log_file:
-            stderr.close()  # type: ignore[union-attr]
+
+        def exited() -> int | None:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            return os.waitstatus_to_exitcode(status) if done else None
+
+        def stop() -> None:
+            os.kill(pid, signal.SIGTERM)
+    else:
+        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        stderr = open(log_file, "ab") if log_file else subprocess.DEVNULL
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", "from imagefs.mount import daemon_main; daemon_main()",
+                 json.dumps(dict(request, ready_fd=wfd))],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                pass_fds=(wfd,), start_new_session=True, env=env, cwd="/",
+            )
+        finally:
+            os.close(wfd)
+            if log_file:
+                stderr.close()  # type: ignore[union-attr]
+        exited = proc.poll
+        stop = proc.terminate
+    text = _wait_ready(rfd)
+    if text == "ok":
+        return
+    if exited() is None:
+        stop()
+        deadline = time.monotonic() + 5
+        while exited() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if os.path.ismount(mountpoint) or is_stale(mountpoint):
+            unmount(mountpoint)
+        if not text:
+            raise MountError(f"the imagefs daemon did not become ready within {READY_TIMEOUT:.0f}s")
+    if text.startswith("error: "):
+        raise MountError(text[len("error: "):])
+    raise MountError(f"the imagefs daemon exited with status {exited()} before the mount was ready")
+
+
+def _wait_ready(rfd: int) -> str:
+    """The daemon's one line on the ready pipe ("" on timeout or a silent death)."""
     deadline = time.monotonic() + READY_TIMEOUT
     msg = b""
     with os.fdopen(rfd, "rb", buffering=0) as ready:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not msg.endswith(b"\n"):
             r, _, _ = select.select([ready], [], [], 0.2)
             if r:
                 chunk = ready.read(4096)
                 if not chunk:
                     break
                 msg += chunk
-                if msg.endswith(b"\n"):
-                    break
-    text = msg.decode(errors="replace").strip()
-    if text == "ok":
-        return
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        if os.path.ismount(mountpoint):
-            unmount(mountpoint)
-        raise MountError(f"the imagefs daemon did not become ready within {READY_TIMEOUT:.0f}s")
-    if text.startswith("error: "):
-        raise MountError(text[len("error: "):])
-    raise MountError(f"the imagefs daemon exited with status {proc.wait()} before the mount was ready")
+    return msg.decode(errors="replace").strip()
+
+
+def _daemonize(log_file: str | None) -> None:
+    """Detach a forked child: own session, no terminal, stdio to /dev/null (or the log)."""
+    os.setsid()
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    err = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if log_file else null
+    for fd, target in ((0, null), (1, null), (2, err)):
+        os.dup2(target, fd)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def daemon_main() -> None:
-    """Entry of the daemon process: open the index, mount, report, serve."""
+    """Entry of a freshly started daemon process (see `spawn_daemon`)."""
     request = json.loads(sys.argv[1])
-    ready_fd = int(request["ready_fd"])
+    run_daemon(request, int(request["ready_fd"]))
+
+
+def run_daemon(request: dict[str, object], ready_fd: int) -> None:
+    """Open the index, mount, report "ok" (or "error: ...") on ``ready_fd``, serve."""
     logging.basicConfig(level=logging.DEBUG if request.get("debug") else logging.WARNING,
-                        format="imagefs[%(process)d] %(levelname)s %(name)s: %(message)s")
+                        format="imagefs[%(process)d] %(levelname)s %(name)s: %(message)s", force=True)
     reported = False
 
     def report(line: str) -> None:
@@ -219,10 +269,11 @@ def daemon_main() -> None:
         from .index import Index
         from .tree import ImageTree
 
-        tree = ImageTree(Index(request["index"]))
-        opts = MountOptions(extra=tuple(request["options"]), debug=bool(request.get("debug")),
-                            allow_other=bool(request.get("allow_other")), overlay=request.get("overlay"))
-        serve(tree, request["mountpoint"], opts, on_ready=lambda: report("ok"))
+        tree = ImageTree(Index(str(request["index"])))
+        opts = MountOptions(extra=tuple(request["options"]), debug=bool(request.get("debug")),  # type: ignore[arg-type]
+                            allow_other=bool(request.get("allow_other")),
+                            overlay=request.get("overlay"))  # type: ignore[arg-type]
+        serve(tree, str(request["mountpoint"]), opts, on_ready=lambda: report("ok"))
     except ImageFSError as e:
         report(f"error: {e}")
         sys.exit(1)
