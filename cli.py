@@ -24,7 +24,7 @@ from imagefs import mount as mounting  # noqa: E402
 from imagefs.archive import Archive  # noqa: E402
 from imagefs.build import open_index  # noqa: E402
 from imagefs.manifest import read_images  # noqa: E402
-from imagefs.progress import TerminalProgress  # noqa: E402
+from imagefs.progress import TerminalProgress, human_size as _human  # noqa: E402
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -360,14 +360,6 @@ def commit_cmd(overlay_dir: str, archive: str, image: str | None, output: str, t
     _setup_logging(debug)
     image_id = commit(overlay_dir, archive, output, CommitOptions(image=image, tag=tag, message=message))
     click.echo(f"{output}: {image_id}")
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import pyfuse3
 
-from .tree import ImageTree
+from .tree import ImageTree, Stat
 
 __all__ = ["ReadOnlyOperations"]
 
@@ -43,6 +43,27 @@ try:
     NO_OPEN = bool(getattr(_pyfuse3_py, "IMAGEFS_READ_INO", False))
 except ImportError:  # pragma: no cover - layout of other pyfuse3 versions
     NO_OPEN = False
+
+
+def entry_attributes(ino: int, st: Stat, timeout: float) -> pyfuse3.EntryAttributes:
+    """The reply to lookup/getattr/readdirplus for inode ``ino``."""
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = ino
+    e.generation = 0
+    e.entry_timeout = timeout
+    e.attr_timeout = timeout
+    e.st_mode = st.mode
+    e.st_nlink = st.nlink
+    e.st_uid = st.uid
+    e.st_gid = st.gid
+    e.st_rdev = st.rdev
+    e.st_size = st.size
+    e.st_blksize = BLKSIZE
+    e.st_blocks = st.blocks
+    e.st_atime_ns = st.atime_ns
+    e.st_mtime_ns = st.mtime_ns
+    e.st_ctime_ns = st.ctime_ns
+    return e
 
 
 def _errno_boundary(fn: F) -> F:
@@ -92,37 +113,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
         self.has_xattrs = tree.index.meta.get("inodes_with_xattrs", 1) > 0
 
     def _entry(self, ino: int) -> pyfuse3.EntryAttributes:
-        a = self.tree.attr(ino)
-        e = pyfuse3.EntryAttributes()
-        e.st_ino = ino
-        e.generation = 0
-        e.entry_timeout = self.timeout
-        e.attr_timeout = self.timeout
-        e.st_mode = a.mode
-        e.st_nlink = a.nlink
-        e.st_uid = a.uid
-        e.st_gid = a.gid
-        e.st_rdev = a.rdev
-        if stat.S_ISLNK(a.mode):
-            e.st_size = len(self.tree.readlink(ino))
-        elif stat.S_ISDIR(a.mode):
-            e.st_size = 4096
-        else:
-            e.st_size = a.size
-        e.st_blksize = BLKSIZE
-        e.st_blocks = self._blocks(ino, a.mode, a.size)
-        mtime = max(a.mtime_ns, 0)
-        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = mtime
-        return e
-
-    def _blocks(self, ino: int, mode: int, size: int) -> int:
-        if stat.S_ISDIR(mode):
-            return 8
-        if not stat.S_ISREG(mode):
-            return 0
-        sparse = self.tree.index.sparse_map(ino)
-        stored = size if sparse is None else sum(n for _o, n in sparse)
-        return (stored + 511) // 512
+        return entry_attributes(ino, self.tree.stat(ino), self.timeout)
 
     def _valid(self, ino: int) -> None:
         if not self.tree.index.valid(ino):

@@ -28,12 +28,12 @@ import os
 import shutil
 import stat
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 from .errors import MountError
 from .index import ROOT_INO
 from .paths import OPAQUE, WHITEOUT_PREFIX
-from .tree import ImageTree
+from .tree import ImageTree, Stat
 
 __all__ = ["Found", "Overlay", "Stat", "check_overlay_dir"]
 
@@ -42,21 +42,6 @@ __all__ = ["Found", "Overlay", "Stat", "check_overlay_dir"]
 TMP_PREFIX = b".wh..wh..imagefs-tmp."
 _CHUNK = 1 << 20
 _counter = itertools.count()
-
-
-class Stat(NamedTuple):
-    """Attributes of a merged entry, whichever side they come from."""
-
-    mode: int
-    uid: int
-    gid: int
-    nlink: int
-    size: int
-    atime_ns: int
-    mtime_ns: int
-    ctime_ns: int
-    rdev: int
-    blocks: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,15 +166,7 @@ class Overlay:
             st = os.lstat(self.up(f.path))
             return Stat(st.st_mode, st.st_uid, st.st_gid, st.st_nlink, st.st_size, st.st_atime_ns,
                         st.st_mtime_ns, st.st_ctime_ns, st.st_rdev, st.st_blocks)
-        a = self.lower.attr(f.lower)
-        size = a.size
-        if stat.S_ISLNK(a.mode):
-            size = len(self.lower.readlink(f.lower))
-        elif stat.S_ISDIR(a.mode):
-            size = 4096
-        mt = max(a.mtime_ns, 0)
-        return Stat(a.mode, a.uid, a.gid, a.nlink, size, mt, mt, mt, a.rdev,
-                    (size + 511) // 512 if stat.S_ISREG(a.mode) else 0)
+        return self.lower.stat(f.lower)
 
     def listdir(self, d: Found) -> Iterator[tuple[bytes, Found]]:
         """The visible entries of directory ``d`` (merged, whiteouts applied)."""

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Protocol, TextIO
 
-__all__ = ["Progress", "TerminalProgress"]
+__all__ = ["Progress", "TerminalProgress", "human_size"]
 
 
 class Progress(Protocol):
@@ -22,9 +22,10 @@ class Progress(Protocol):
     def finish(self) -> None: ...
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
+def human_size(n: float) -> str:
+    """``123 B``, ``1.5 KiB``, ``3.2 GiB``: sizes for people."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
@@ -61,8 +62,8 @@ class TerminalProgress:
         left = (self.total - done_bytes) / rate if rate > 0 else 0.0
         bar = "#" * int(frac * 24)
         self.stream.write(
-            f"\r{self.what}: [{bar:<24}] {frac * 100:5.1f}% {_human(done_bytes)}/{_human(self.total)} "
-            f"{members} members {_human(rate)}/s {left:4.0f}s left \x1b[K"
+            f"\r{self.what}: [{bar:<24}] {frac * 100:5.1f}% {human_size(done_bytes)}/{human_size(self.total)} "
+            f"{members} members {human_size(rate)}/s {left:4.0f}s left \x1b[K"
         )
         self.stream.flush()
         self.drawn = True

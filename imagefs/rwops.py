@@ -22,7 +22,7 @@ from typing import Any
 
 import pyfuse3
 
-from .fuseops import BLKSIZE, _errno_boundary
+from .fuseops import _errno_boundary, entry_attributes
 from .overlay import Found, Overlay, Stat
 
 __all__ = ["OverlayOperations"]
@@ -96,23 +96,7 @@ class OverlayOperations(pyfuse3.Operations):
         return self.ov.refresh(f)
 
     def _entry(self, ino: int, st: Stat) -> pyfuse3.EntryAttributes:
-        e = pyfuse3.EntryAttributes()
-        e.st_ino = ino
-        e.generation = 0
-        e.entry_timeout = RW_TIMEOUT
-        e.attr_timeout = RW_TIMEOUT
-        e.st_mode = st.mode
-        e.st_nlink = st.nlink
-        e.st_uid = st.uid
-        e.st_gid = st.gid
-        e.st_rdev = st.rdev
-        e.st_size = st.size
-        e.st_blksize = BLKSIZE
-        e.st_blocks = st.blocks
-        e.st_atime_ns = st.atime_ns
-        e.st_mtime_ns = st.mtime_ns
-        e.st_ctime_ns = st.ctime_ns
-        return e
+        return entry_attributes(ino, st, RW_TIMEOUT)
 
     def _reply(self, f: Found) -> pyfuse3.EntryAttributes:
         return self._entry(self._ino(f), self.ov.stat(f))

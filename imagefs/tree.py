@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from . import blobs
 from .blobs import Blob, FileBlob, Span
@@ -24,7 +24,25 @@ from .errors import ArchiveError
 from .index import ROOT_INO, Attr, Index
 from .progress import Progress
 
-__all__ = ["ImageTree"]
+__all__ = ["ImageTree", "Stat"]
+
+# The size a directory reports (as most file systems do; it is not image content).
+DIR_SIZE = 4096
+
+
+class Stat(NamedTuple):
+    """What stat(2) shows of an entry: for the image, and for an overlay's entries alike."""
+
+    mode: int
+    uid: int
+    gid: int
+    nlink: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    rdev: int
+    blocks: int
 
 
 class ImageTree:
@@ -77,6 +95,23 @@ class ImageTree:
 
     def attr(self, ino: int) -> Attr:
         return self.index.attr(ino)
+
+    def stat(self, ino: int) -> Stat:
+        """stat(2) of inode ``ino``: symlinks are as long as their target, ``st_blocks``
+        counts the bytes stored (holes of sparse files excluded), times are the mtime."""
+        a = self.index.attr(ino)
+        if stat.S_ISLNK(a.mode):
+            size, blocks = len(self.index.readlink(ino)), 0
+        elif stat.S_ISDIR(a.mode):
+            size, blocks = DIR_SIZE, DIR_SIZE // 512
+        elif stat.S_ISREG(a.mode):
+            sparse = self.index.sparse_map(ino)
+            stored = a.size if sparse is None else sum(n for _o, n in sparse)
+            size, blocks = a.size, (stored + 511) // 512
+        else:
+            size, blocks = 0, 0
+        t = max(a.mtime_ns, 0)
+        return Stat(a.mode, a.uid, a.gid, a.nlink, size, t, t, t, a.rdev, blocks)
 
     def lookup(self, parent: int, name: bytes) -> int:
         """The inode of ``name`` in directory ``parent``, or 0 if there is none."""
