@@ -66,18 +66,23 @@ def find(root: Node, path: bytes) -> Node | None:
 
 
 def _parent_dir(root: Node, path: bytes, layer: int) -> tuple[Node, bytes]:
-    """The directory that will hold ``path`` (created as needed) and the last name."""
+    """The directory that will hold ``path`` (created as needed) and the last name.
+
+    Every directory on the way is marked as touched by ``layer``.
+    """
     parts = path.split(b"/")
     node = root
-    done: list[bytes] = []
-    for part in parts[:-1]:
-        done.append(part)
+    if root.touched < layer:
+        root.touched = layer
+    for i, part in enumerate(parts[:-1]):
         assert node.children is not None
         nxt = node.children.get(part)
         if nxt is None or nxt.children is None:
             # A missing parent, or a non-directory in the way: runtimes create a directory.
-            nxt = Node(implicit_dir(b"/".join(done)), -1)
+            nxt = Node(implicit_dir(b"/".join(parts[:i + 1])), -1)
             node.children[part] = nxt
+        if nxt.touched < layer:
+            nxt.touched = layer
         node = nxt
     return node, parts[-1]
 
@@ -152,7 +157,9 @@ def apply_layer(root: Node, layer: int, members: Iterable[Member], warn: Callabl
                 parent.children[name] = target
         else:
             parent.children[name] = Node(m, layer)
-        _touch(root, m.path, layer)
+        child = parent.children.get(name)
+        if child is not None and child.touched < layer:
+            child.touched = layer
 
 
 def _show(path: bytes) -> str:

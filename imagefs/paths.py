@@ -35,6 +35,8 @@ def normalize(name: bytes) -> bytes | None:
     """
     if b"\0" in name:
         return None
+    if b"/." not in name and b"//" not in name and not name.startswith(b"."):
+        return name.strip(b"/")  # nothing to resolve: the common case, without splitting
     out: list[bytes] = []
     for part in name.split(b"/"):
         if part == b"" or part == b".":
@@ -58,6 +60,8 @@ def in_aufs_meta(path: bytes) -> bool:
 
     The opaque marker ``.wh..wh..opq`` as the last component is not such a name.
     """
+    if _AUFS_META not in path:
+        return False
     parts = path.split(b"/")
     for i, part in enumerate(parts):
         if part.startswith(_AUFS_META) and not (part == OPAQUE and i == len(parts) - 1):
@@ -80,6 +84,8 @@ def parse_whiteout(path: bytes) -> Whiteout | None | bool:
     ``.wh.`` name that is to be dropped silently (aufs metadata, an empty or
     ``.``/``..`` target), and ``None`` for an ordinary entry.
     """
+    if WHITEOUT_PREFIX not in path:
+        return None
     parent, base = split(path)
     if not base.startswith(WHITEOUT_PREFIX):
         return None

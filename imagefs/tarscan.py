@@ -103,6 +103,11 @@ def _cstr(field: bytes) -> bytes:
 
 
 def _number(field: bytes, what: str, at: int) -> int:
+    try:
+        # The common case, octal digits padded with NUL or spaces, in one C call.
+        return int(field.partition(b"\0")[0], 8)
+    except ValueError:
+        pass
     if field and field[0] & 0x80:
         # base-256 (GNU/star): big-endian two's complement, 0xff leads a negative.
         if field[0] == 0xFF:
