@@ -104,8 +104,8 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("archive", type=click.Path(dir_okay=False))
-@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.argument("archive")
+@click.argument("mountpoint")
 @click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground until unmounted (Ctrl-C unmounts).")
 @click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
               help="FUSE/mount options, as for mount(8): allow_other, fsname=NAME, max_read=N, ... "
@@ -166,7 +166,7 @@ def mount(archive: str, mountpoint: str, foreground: bool, options: tuple[str, .
 
 
 @main.command()
-@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.argument("mountpoint")
 @click.option("--debug", is_flag=True, help="Tracebacks on errors.")
 @_errors_to_exit
 def umount(mountpoint: str, debug: bool) -> None:
@@ -175,7 +175,7 @@ def umount(mountpoint: str, debug: bool) -> None:
 
 
 @main.command()
-@click.argument("archive", type=click.Path(dir_okay=False))
+@click.argument("archive")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image.")
 @click.option("--debug", is_flag=True, help="Tracebacks on errors.")
 @_errors_to_exit
@@ -206,7 +206,7 @@ def images(archive: str, as_json: bool, debug: bool) -> None:
 
 
 @main.command("index")
-@click.argument("archive", type=click.Path(dir_okay=False))
+@click.argument("archive")
 @click.option("--layer", type=int, default=None, metavar="N", help="Index the image as of layer N.")
 @_common_index_options
 @_errors_to_exit
@@ -306,7 +306,7 @@ _diff_impl = _errors_to_exit(_diff, status=2)
 
 
 @main.command("layers")
-@click.argument("archive", type=click.Path(dir_okay=False))
+@click.argument("archive")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per layer, then a summary object.")
 @_common_index_options
 @_errors_to_exit
@@ -338,8 +338,8 @@ def layers_cmd(archive: str, as_json: bool, image: str | None, cache_dir: str | 
 
 
 @main.command("commit")
-@click.argument("overlay_dir", metavar="DIR", type=click.Path(file_okay=False))
-@click.option("--archive", "archive", required=True, type=click.Path(dir_okay=False),
+@click.argument("overlay_dir", metavar="DIR")
+@click.option("--archive", "archive", required=True,
               help="The archive the overlay was mounted over.")
 @click.option("--image", metavar="REF", help="The image of ARCHIVE, when it holds several.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The new archive to write.")

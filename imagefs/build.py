@@ -247,7 +247,8 @@ def open_index(archive_path: str, opts: BuildOptions, progress: Progress | None 
     except OSError as e:
         raise ArchiveError(f"cannot open {archive_path}: {e.strerror}") from None
     if opts.use_cache:
-        cache_dir = opts.cache_dir or cache.default_cache_dir()
+        # Absolute: the daemon runs from "/" and opens the index by this path.
+        cache_dir = os.path.abspath(opts.cache_dir or cache.default_cache_dir())
         path = cache.index_path(cache_dir, ident, _selector(opts))
         try:
             if opts.verify:
@@ -280,7 +281,7 @@ def open_index(archive_path: str, opts: BuildOptions, progress: Progress | None 
 def scan_layers(archive_path: str, opts: BuildOptions,
                 progress: Progress | None = None) -> Iterator[tuple[Image, LayerInfo, list[Member]]]:
     """Each layer of the chosen image with its members (from the layer cache when it can)."""
-    state_dir = (opts.cache_dir or cache.default_cache_dir()) if opts.use_cache else None
+    state_dir = os.path.abspath(opts.cache_dir or cache.default_cache_dir()) if opts.use_cache else None
     if state_dir:
         try:
             os.makedirs(state_dir, mode=0o700, exist_ok=True)

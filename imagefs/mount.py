@@ -126,13 +126,16 @@ def serve(tree: "ImageTree", mountpoint: str, opts: MountOptions, on_ready: Call
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            async def on_signals() -> None:
+            async def on_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
                 with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+                    task_status.started()
                     async for _sig in signals:
                         pyfuse3.terminate()
                         return
 
-            nursery.start_soon(on_signals)
+            # Signals are handled before anyone is told the mount is ready, so a
+            # SIGTERM right after `imagefs mount` returns still unmounts cleanly.
+            await nursery.start(on_signals)
             if on_ready is not None:
                 on_ready()
             # Handlers never await (reads are pread on the page cache), so extra
@@ -175,10 +178,15 @@ def spawn_daemon(request: dict[str, object], mountpoint: str, log_file: str | No
             finally:
                 os._exit(code)
         os.close(wfd)
+        status: list[int] = []  # waitpid can reap only once: remember what it said
 
         def exited() -> int | None:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            return os.waitstatus_to_exitcode(status) if done else None
+            if not status:
+                done, st = os.waitpid(pid, os.WNOHANG)
+                if not done:
+                    return None
+                status.append(os.waitstatus_to_exitcode(st))
+            return status[0]
 
         def stop() -> None:
             os.kill(pid, signal.SIGTERM)
@@ -208,13 +216,22 @@ def spawn_daemon(request: dict[str, object], mountpoint: str, log_file: str | No
         deadline = time.monotonic() + 5
         while exited() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        if os.path.ismount(mountpoint) or is_stale(mountpoint):
-            unmount(mountpoint)
         if not text:
+            _clear(mountpoint)
             raise MountError(f"the imagefs daemon did not become ready within {READY_TIMEOUT:.0f}s")
+    _clear(mountpoint)
     if text.startswith("error: "):
         raise MountError(text[len("error: "):])
     raise MountError(f"the imagefs daemon exited with status {exited()} before the mount was ready")
+
+
+def _clear(mountpoint: str) -> None:
+    """Leave nothing mounted after a failed start, whatever state the daemon left."""
+    if os.path.ismount(mountpoint) or is_stale(mountpoint):
+        try:
+            unmount(mountpoint)
+        except MountError as e:
+            log.warning("%s", e)
 
 
 def _wait_ready(rfd: int) -> str:

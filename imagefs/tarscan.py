@@ -97,6 +97,11 @@ class _Buffered:
         return self._buf[:n]
 
 
+def _show(name: bytes) -> str:
+    """A member name for a message: text, with undecodable bytes and controls escaped."""
+    return repr(name.decode("utf-8", "backslashreplace"))[1:-1]
+
+
 def _cstr(field: bytes) -> bytes:
     end = field.find(b"\0")
     return field if end < 0 else field[:end]
@@ -308,7 +313,7 @@ def scan(
                 try:
                     xattrs[xname] = base64.b64decode(value + b"=" * (-len(value) % 4))
                 except ValueError:
-                    warn(f"undecodable LIBARCHIVE.xattr value for {name!r}; dropped")
+                    warn(f"undecodable LIBARCHIVE.xattr value for {_show(name)}; dropped")
             elif key == b"GNU.sparse.name":
                 sparse_name = value
             elif key in (b"GNU.sparse.size", b"GNU.sparse.realsize"):
@@ -382,21 +387,21 @@ def scan(
         next_pos = data_at + (stored + BLOCK - 1) // BLOCK * BLOCK
         if length is not None and data_at + stored > length:
             raise TarFormatError(
-                f"truncated tar: member {name!r} at byte {member_at} needs data up to byte "
+                f"truncated tar: member {_show(name)} at byte {member_at} needs data up to byte "
                 f"{data_at + stored}, the stream ends at {length}"
             )
         pos = next_pos
         if kind is None:
-            warn(f"tar member {name!r} has unsupported type {typeflag!r}; skipped")
+            warn(f"tar member {_show(name)} has unsupported type {typeflag!r}; skipped")
             continue
         path = normalize(name)
         if path is None:
-            warn(f"tar member {name!r} has a NUL byte in its name; skipped")
+            warn(f"tar member {_show(name)} has a NUL byte in its name; skipped")
             continue
         if kind == HARDLINK:
             target = normalize(linkname)
             if target is None or target == b"":
-                warn(f"hard link {name!r} has an impossible target {linkname!r}; skipped")
+                warn(f"hard link {_show(name)} has an impossible target {_show(linkname)}; skipped")
                 continue
             linkname = target
         elif kind != stat.S_IFLNK:
@@ -406,10 +411,10 @@ def scan(
         try:
             rdev = os.makedev(devmajor, devminor)
         except (OverflowError, ValueError):
-            warn(f"device {name!r} has impossible numbers {devmajor},{devminor}; shown as 0,0")
+            warn(f"device {_show(name)} has impossible numbers {devmajor},{devminor}; shown as 0,0")
             rdev = 0
         if uid < 0 or gid < 0 or uid > 0xFFFFFFFF or gid > 0xFFFFFFFF:
-            warn(f"tar member {name!r} has an impossible owner {uid}:{gid}; shown as 0:0")
+            warn(f"tar member {_show(name)} has an impossible owner {uid}:{gid}; shown as 0:0")
             uid = gid = 0
         count += 1
         if on_progress is not None and count % 4096 == 0:

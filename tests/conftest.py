@@ -136,10 +136,12 @@ def process_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def processes_for(mountpoint: str | os.PathLike[str]) -> list[int]:
-    """Live imagefs processes serving ``mountpoint``: the background daemon
-    (its JSON request names the mountpoint) or a ``mount -f`` in the foreground."""
+def processes_for(mountpoint: str | os.PathLike[str], aliases: Sequence[str] = ()) -> list[int]:
+    """Live imagefs processes of ``mountpoint``: a daemon started afresh (its JSON
+    request names the mountpoint), a daemon forked from ``imagefs mount`` or a
+    ``mount -f`` (their command line names it, absolute or as one of ``aliases``)."""
     mp = os.path.abspath(mountpoint)
+    names = {mp, *aliases}
     needle = f'"mountpoint": {json.dumps(mp)}'
     me = os.getpid()
     pids = []
@@ -154,7 +156,7 @@ def processes_for(mountpoint: str | os.PathLike[str]) -> list[int]:
         text = " ".join(argv)
         if "imagefs" not in text and "cli.py" not in text:
             continue
-        if any(needle in a for a in argv) or ("mount" in argv and mp in argv and "umount" not in argv):
+        if any(needle in a for a in argv) or ("mount" in argv and names & set(argv) and "umount" not in argv):
             if process_alive(int(d)):
                 pids.append(int(d))
     return pids
@@ -180,20 +182,20 @@ def _responsive(mp: str) -> bool:
     return True
 
 
-def _signal_all(mp: str, sig: int) -> bool:
+def _signal_all(mp: str, sig: int, aliases: Sequence[str] = ()) -> bool:
     """Send ``sig`` to every imagefs process of ``mp`` and wait for them; whether there were any."""
-    pids = processes_for(mp)
+    pids = processes_for(mp, aliases)
     for pid in pids:
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
     if pids:
-        wait_until(lambda: not processes_for(mp), timeout=5.0)
+        wait_until(lambda: not processes_for(mp, aliases), timeout=5.0)
     return bool(pids)
 
 
-def force_unmount(mountpoint: str | os.PathLike[str], cli: Sequence[str]) -> list[str]:
+def force_unmount(mountpoint: str | os.PathLike[str], cli: Sequence[str], aliases: Sequence[str] = ()) -> list[str]:
     """Remove any mount at ``mountpoint`` and end its daemon, by ever stronger means.
 
     Returns what is still wrong afterwards (empty when all is clean).
@@ -202,7 +204,7 @@ def force_unmount(mountpoint: str | os.PathLike[str], cli: Sequence[str]) -> lis
     if is_mounted(mp) and not _responsive(mp):
         # A stopped or deadlocked daemon answers nothing, and every step below would block
         # on it until its timeout.  Dead, it leaves a stale mount that they clear at once.
-        _signal_all(mp, signal.SIGKILL)
+        _signal_all(mp, signal.SIGKILL, aliases)
     steps: list[list[str]] = [
         [*cli, "umount", mp],
         ["fusermount3", "-u", mp],
@@ -214,9 +216,9 @@ def force_unmount(mountpoint: str | os.PathLike[str], cli: Sequence[str]) -> lis
         _run_quiet(cmd)
         wait_until(lambda: not is_mounted(mp), timeout=2.0)
     # A daemon whose mount is gone exits by itself; give it a moment, then make it.
-    wait_until(lambda: not processes_for(mp), timeout=5.0)
+    wait_until(lambda: not processes_for(mp, aliases), timeout=5.0)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        if not _signal_all(mp, sig):
+        if not _signal_all(mp, sig, aliases):
             break
     if is_mounted(mp):  # killing the daemon can leave a stale mount behind
         _run_quiet(["fusermount3", "-uz", mp])
@@ -224,8 +226,8 @@ def force_unmount(mountpoint: str | os.PathLike[str], cli: Sequence[str]) -> lis
     problems = []
     if is_mounted(mp):
         problems.append(f"{mp} is still mounted")
-    if processes_for(mp):
-        problems.append(f"imagefs processes for {mp} still running: {processes_for(mp)}")
+    if processes_for(mp, aliases):
+        problems.append(f"imagefs processes for {mp} still running: {processes_for(mp, aliases)}")
     return problems
 
 
@@ -247,6 +249,20 @@ def run_cli(cli: Sequence[str], *args: str | os.PathLike[str], timeout: float = 
         [*cli, *map(str, args)], capture_output=True, text=True, timeout=timeout,
         stdin=subprocess.DEVNULL, env=kw.pop("env", env), **kw,
     )
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess[str], mountpoint: str | os.PathLike[str] | None = None) -> str:
+    """The contract for every refused command: non-zero, one ``imagefs: `` line, no
+    traceback, nothing on stdout, nothing left mounted.  Returns the message."""
+    assert r.returncode != 0, f"exit status 0; stderr: {r.stderr!r}"
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("imagefs: "), f"stderr does not start with 'imagefs: ': {r.stderr!r}"
+    assert r.stderr.endswith("\n") and r.stderr.count("\n") == 1, f"not exactly one line: {r.stderr!r}"
+    assert r.stdout == "", r.stdout
+    if mountpoint is not None:
+        assert not is_mounted(mountpoint), f"{mountpoint} was left mounted"
+        assert processes_for(mountpoint) == [], "an imagefs daemon was left running"
+    return r.stderr[len("imagefs: "):].strip()
 
 
 # -- mounts --------------------------------------------------------------------
@@ -283,7 +299,7 @@ class Mounter:
         self.cli = list(cli)
         self.workdir = workdir
         self.cache_dir = workdir / "cache"
-        self.tracked: list[Path] = []
+        self.tracked: dict[Path, list[str]] = {}  # mountpoint -> other spellings on command lines
         self.procs: list[subprocess.Popen[bytes]] = []
         self._n = 0
 
@@ -293,10 +309,11 @@ class Mounter:
         mp.mkdir()
         return mp
 
-    def track(self, mountpoint: str | os.PathLike[str]) -> None:
-        mp = Path(os.path.abspath(mountpoint))
-        if mp not in self.tracked:
-            self.tracked.append(mp)
+    def track(self, mountpoint: str | os.PathLike[str], alias: str | None = None) -> None:
+        """Clean ``mountpoint`` up after the test; ``alias``: how a command line names it (relative)."""
+        aliases = self.tracked.setdefault(Path(os.path.abspath(mountpoint)), [])
+        if alias is not None:
+            aliases.append(alias)
 
     def run(self, *args: str | os.PathLike[str], mountpoint: str | os.PathLike[str] | None = None,
             timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
@@ -337,8 +354,8 @@ class Mounter:
 
     def cleanup(self) -> list[str]:
         problems: list[str] = []
-        for mp in reversed(self.tracked):
-            problems += force_unmount(mp, self.cli)
+        for mp, aliases in reversed(self.tracked.items()):
+            problems += force_unmount(mp, self.cli, aliases)
         for proc in self.procs:
             if proc.poll() is None:
                 proc.kill()
