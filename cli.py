@@ -140,7 +140,7 @@ def mount(archive: str, mountpoint: str, foreground: bool, options: tuple[str, .
     if overlay is not None:
         from imagefs.overlay import check_overlay_dir
 
-        overlay = check_overlay_dir(overlay, mp)
+        overlay = check_overlay_dir(overlay, mp, shared="allow_other" in mounting.split_o(options))
     opts = BuildOptions(image=image, layer=layer, cache_dir=cache_dir, use_cache=not no_cache, verify=verify)
     mopts = mounting.MountOptions(extra=mounting.split_o(options), debug=debug, foreground=foreground,
                                   overlay=overlay)

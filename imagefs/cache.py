@@ -1,7 +1,8 @@
 """Where indexes live, and the key that ties an index to one unchanged archive.
 
 An index is named by a digest of the archive's identity (real path, device,
-inode, size, mtime in nanoseconds), the chosen image's id and the index
+inode, size, mtime and ctime in nanoseconds: ctime because no user can set
+it, so a rewrite that restores size and mtime is still seen), the chosen image's id and the index
 format version: a changed archive gets a new name, so a stale index is never
 served; an old one is simply no longer looked up.
 """
@@ -31,15 +32,21 @@ class ArchiveIdentity:
     ino: int
     size: int
     mtime_ns: int
+    ctime_ns: int
 
     def as_dict(self) -> dict[str, object]:
-        return {"path": self.path, "dev": self.dev, "ino": self.ino, "size": self.size, "mtime_ns": self.mtime_ns}
+        return {"path": self.path, "dev": self.dev, "ino": self.ino, "size": self.size, "mtime_ns": self.mtime_ns,
+                "ctime_ns": self.ctime_ns}
+
+    @property
+    def key(self) -> str:
+        return f"{self.path}\0{self.dev}\0{self.ino}\0{self.size}\0{self.mtime_ns}\0{self.ctime_ns}"
 
 
 def identity_of(path: str) -> ArchiveIdentity:
     real = os.path.realpath(path)
     st = os.stat(real)
-    return ArchiveIdentity(real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return ArchiveIdentity(real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def default_cache_dir() -> str:
@@ -50,7 +57,7 @@ def default_cache_dir() -> str:
 def index_path(cache_dir: str, ident: ArchiveIdentity, selector: str) -> str:
     """The index file for ``ident`` with image/layer ``selector``."""
     key = hashlib.sha256(
-        f"v{FORMAT_VERSION}\0{ident.path}\0{ident.dev}\0{ident.ino}\0{ident.size}\0{ident.mtime_ns}\0{selector}".encode()
+        f"v{FORMAT_VERSION}\0{ident.key}\0{selector}".encode()
     ).hexdigest()[:32]
     return os.path.join(cache_dir, f"{key}.idx")
 
@@ -64,12 +71,12 @@ def blob_state(cache_dir: str, ident: ArchiveIdentity, digest: str | None, span:
     points).  The outer stream (``span`` None) is keyed by the archive.
     """
     if span is None:
-        key = f"outer\0{ident.path}\0{ident.dev}\0{ident.ino}\0{ident.size}\0{ident.mtime_ns}"
+        key = f"outer\0{ident.key}"
     elif digest:
         head = span.pread(1 << 16, 0)
         key = f"{digest}\0{span.length}\0{hashlib.sha256(head).hexdigest()}"
     else:
-        key = f"span\0{ident.path}\0{ident.size}\0{ident.mtime_ns}\0{span.base}\0{span.length}"
+        key = f"span\0{ident.key}\0{span.base}\0{span.length}"
     d = os.path.join(cache_dir, "blobs")
     os.makedirs(d, mode=0o700, exist_ok=True)
     return os.path.join(d, hashlib.sha256(key.encode()).hexdigest()[:32])

@@ -41,6 +41,9 @@ __all__ = ["Found", "Overlay", "Stat", "check_overlay_dir"]
 # metadata is dropped by every image reader) should a crash leave one behind.
 TMP_PREFIX = b".wh..wh..imagefs-tmp."
 _CHUNK = 1 << 20
+# The daemon's buffers are not aligned for O_DIRECT; the kernel already keeps
+# the mount's own pages out of it, so DIR's file is opened without it.
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
 _counter = itertools.count()
 
 
@@ -62,8 +65,14 @@ def _split(path: bytes) -> tuple[bytes, bytes]:
     return head, tail
 
 
-def check_overlay_dir(path: str, mountpoint: str) -> str:
-    """Create DIR if needed and refuse one that cannot hold an overlay (MountError)."""
+def check_overlay_dir(path: str, mountpoint: str, shared: bool = False) -> str:
+    """Create DIR if needed (mode 0700) and refuse one that cannot hold an overlay (MountError).
+
+    DIR holds real setuid files and device nodes (copied up from the image) on
+    a file system that is neither nosuid nor nodev, so other users must not be
+    able to reach it; with ``shared`` (``-o allow_other``: others write
+    through the mount) a DIR they can enter is refused.
+    """
     d = os.path.abspath(path)
     mp = os.path.abspath(mountpoint)
     if d == mp or d.startswith(mp + os.sep):
@@ -71,7 +80,9 @@ def check_overlay_dir(path: str, mountpoint: str) -> str:
     if mp.startswith(d + os.sep):
         raise MountError(f"the mountpoint {mp} is inside the overlay directory {d}")
     try:
-        os.makedirs(d, mode=0o755, exist_ok=True)
+        if not os.path.exists(d):
+            os.makedirs(os.path.dirname(d), exist_ok=True)
+            os.mkdir(d, 0o700)
     except OSError as e:
         raise MountError(f"cannot create overlay directory {d}: {e.strerror}") from None
     if not os.path.isdir(d):
@@ -80,6 +91,11 @@ def check_overlay_dir(path: str, mountpoint: str) -> str:
         raise MountError(f"overlay directory {d} is a mount point of its own; use a directory inside it")
     if not os.access(d, os.W_OK | os.X_OK):
         raise MountError(f"overlay directory {d} is not writable")
+    st = os.stat(d)
+    if shared and (st.st_mode & 0o077 or st.st_uid != os.geteuid()):
+        raise MountError(
+            f"overlay directory {d} is open to other users (mode {stat.S_IMODE(st.st_mode):04o}); with "
+            f"allow_other they could plant setuid files or devices there: chmod 700 {d}")
     return d
 
 
@@ -162,6 +178,12 @@ class Overlay:
         return stat.S_ISDIR(self.stat(f).mode)
 
     def stat(self, f: Found) -> Stat:
+        if f.path == b"":
+            # DIR itself is private (0700, see check_overlay_dir); the mount's root
+            # shows the image's root, with DIR's times so changes below it show.
+            st = os.lstat(self.top)
+            return self.lower.stat(ROOT_INO)._replace(
+                nlink=st.st_nlink, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
         if f.upper:
             st = os.lstat(self.up(f.path))
             return Stat(st.st_mode, st.st_uid, st.st_gid, st.st_nlink, st.st_size, st.st_atime_ns,
@@ -327,7 +349,7 @@ class Overlay:
         """Create and open a regular file; returns the descriptor and the entry."""
         parent = self._parent_for_new(parent, name)
         path = _join(parent.path, name)
-        fd = os.open(self.up(path), (flags | os.O_CREAT | os.O_EXCL) & ~os.O_NOFOLLOW, stat.S_IMODE(mode))
+        fd = os.open(self.up(path), (flags | os.O_CREAT | os.O_EXCL) & ~(os.O_NOFOLLOW | _O_DIRECT), stat.S_IMODE(mode))
         try:
             os.fchown(fd, uid, gid)
         except OSError:
@@ -452,6 +474,9 @@ class Overlay:
 
     def setattr(self, f: Found, mode: int | None = None, uid: int | None = None, gid: int | None = None,
                 size: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None) -> Found:
+        if f.path == b"" and (mode is not None or uid is not None or gid is not None):
+            # The root's mode and owner are the image's; DIR's own must stay private.
+            raise OSError(errno.EPERM, "the root of an overlay mount keeps the image's mode and owner")
         f = self.copy_up(f)
         p = self.up(f.path)
         if mode is not None and not stat.S_ISLNK(os.lstat(p).st_mode):
@@ -480,7 +505,7 @@ class Overlay:
         """A descriptor on DIR's copy of ``f`` (copied up first when opened for writing)."""
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
             f = self.copy_up(f)
-        return os.open(self.up(f.path), flags & ~(os.O_CREAT | os.O_EXCL) | os.O_NOFOLLOW)
+        return os.open(self.up(f.path), flags & ~(os.O_CREAT | os.O_EXCL | _O_DIRECT) | os.O_NOFOLLOW)
 
     def statfs(self) -> os.statvfs_result:
         return os.statvfs(self.top)

@@ -53,7 +53,7 @@ class ImageTree:
         meta = index.meta
         path = meta["archive"]["path"]
         self.archive = FileBlob(path)
-        self._identity = (meta["archive"]["size"], meta["archive"]["mtime_ns"])
+        self._identity = (meta["archive"]["size"], meta["archive"]["mtime_ns"], meta["archive"]["ctime_ns"])
         if self._archive_changed():
             self.archive.close()
             raise ArchiveError(f"{path} changed while it was being opened")
@@ -147,7 +147,7 @@ class ImageTree:
     def _archive_changed(self) -> bool:
         # One fstat per read: a rewritten archive must give EIO, not other bytes.
         st = os.fstat(self.archive.fd)
-        return (st.st_size, st.st_mtime_ns) != self._identity
+        return (st.st_size, st.st_mtime_ns, st.st_ctime_ns) != self._identity
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes of regular file ``ino`` from ``offset``.
@@ -158,15 +158,18 @@ class ImageTree:
         a = self.index.attr(ino)
         if offset >= a.size or size <= 0:
             return b""
-        if self._archive_changed():
-            raise OSError(errno.EIO, f"{self.index.meta['archive']['path']} changed since it was mounted")
         size = min(size, a.size - offset)
         sparse = self.index.sparse_map(ino)
         if sparse is not None:
-            return self._read_sparse(a, sparse, offset, size)
-        data = self.layers[a.layer].pread(size, a.data_offset + offset)
-        if len(data) != size:
-            raise OSError(errno.EIO, "archive data is missing (truncated or changed archive?)")
+            data = self._read_sparse(a, sparse, offset, size)
+        else:
+            data = self.layers[a.layer].pread(size, a.data_offset + offset)
+            if len(data) != size:
+                raise OSError(errno.EIO, "archive data is missing (truncated or changed archive?)")
+        # Checked after the read: a rewrite racing it changes the archive's
+        # identity before or while its bytes change, so these bytes are dropped.
+        if self._archive_changed():
+            raise OSError(errno.EIO, f"{self.index.meta['archive']['path']} changed since it was mounted")
         return data
 
     def _read_sparse(self, a: Attr, chunks: list[tuple[int, int]], offset: int, size: int) -> bytes:

@@ -127,8 +127,13 @@ class ZstdBlob:
             i = bisect.bisect_right([d for _c, d in self.frames], offset) - 1
             c_off, d_off = self.frames[max(i, 0)]
             if cur is not None and offset - d_off > REWIND_LIMIT and self.state:
-                self._materialize()
-                return self.pread(n, offset)
+                try:
+                    self._materialize()
+                    return self.pread(n, offset)
+                except OSError as e:
+                    # The cache is gone, full or read-only: slower, but the data is intact.
+                    log.warning("%s: %s; decompressing from the frame start instead", self.what, e.strerror or e)
+                    self.state = None
             cur = self._cursor = _Cursor(self.raw, c_off, d_off, self.frames)
         return cur.read(n, offset)
 
@@ -137,6 +142,7 @@ class ZstdBlob:
         assert self.state
         final = f"{self.state}.raw"
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(final), prefix=".zraw-")
+        self._flat = None
         try:
             with os.fdopen(fd, "wb") as out:
                 dctx = zstandard.ZstdDecompressor()
@@ -152,7 +158,9 @@ class ZstdBlob:
                 os.unlink(tmp)
             except OSError:
                 pass
-            raise OSError(errno.EIO, f"{self.what}: cannot decompress to {final}: {e}") from None
+            if isinstance(e, zstandard.ZstdError):
+                raise OSError(errno.EIO, f"{self.what}: corrupt zstd data: {e}") from None
+            raise OSError(e.errno, f"cannot keep a decompressed copy in {os.path.dirname(final)}: {e.strerror}") from None
         self._flat = FileBlob(final)
         self._cursor = None
 
