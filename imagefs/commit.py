@@ -63,6 +63,8 @@ def layer_from_dir(top: str, out: BinaryIO) -> None:
         for rel in _walk(top):
             full = os.path.join(top, rel)
             ti = tf.gettarinfo(full, arcname=rel)
+            if ti is None:
+                continue  # a socket: no layer format can hold one (Docker drops them too)
             ti.uname = ti.gname = ""
             try:
                 names = os.listxattr(full, follow_symlinks=False)

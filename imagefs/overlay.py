@@ -56,6 +56,10 @@ class Found:
     upper: bool
 
 
+def _whiteout_fits(name: bytes) -> bool:
+    return len(WHITEOUT_PREFIX) + len(name) <= 255
+
+
 def _join(parent: bytes, name: bytes) -> bytes:
     return parent + b"/" + name if parent else name
 
@@ -156,7 +160,9 @@ class Overlay:
 
     def _hides_lower(self, parent: bytes, name: bytes) -> bool:
         d = self.up(parent)
-        return os.path.lexists(d + b"/" + WHITEOUT_PREFIX + name) or os.path.lexists(d + b"/" + OPAQUE)
+        if os.path.lexists(d + b"/" + OPAQUE):
+            return True
+        return _whiteout_fits(name) and os.path.lexists(d + b"/" + WHITEOUT_PREFIX + name)
 
     def resolve(self, path: bytes) -> Found | None:
         found: Found | None = self.root()
@@ -244,6 +250,8 @@ class Overlay:
         assert parent is not None
         self.copy_up(parent)
         a = self.lower.attr(f.lower)
+        parent_up = self.up(parent_path)
+        pst = os.lstat(parent_up)  # before the temporary name appears in it
         tmp = self._tmp_name(parent_path)
         mode = a.mode
         try:
@@ -269,6 +277,8 @@ class Overlay:
                 os.mknod(tmp, mode, a.rdev)
             self._set_attrs(tmp, mode, a.uid, a.gid, a.mtime_ns, self.lower.xattrs(f.lower))
             os.rename(tmp, self.up(f.path))
+            # A copy-up is not a change of the parent: keep its times, as overlayfs does.
+            os.utime(parent_up, ns=(pst.st_atime_ns, pst.st_mtime_ns))
         except BaseException:
             if os.path.isdir(tmp) and not os.path.islink(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -332,6 +342,8 @@ class Overlay:
 
     def _drop_whiteout(self, parent: Found, name: bytes) -> bool:
         """Remove ``.wh.NAME``; True if there was one (an image entry was deleted there)."""
+        if not _whiteout_fits(name):
+            return False
         try:
             os.unlink(self.up(parent.path) + b"/" + WHITEOUT_PREFIX + name)
             return True
@@ -342,6 +354,9 @@ class Overlay:
         return bool(parent.lower) and bool(self.lower.lookup(parent.lower, name))
 
     def _whiteout(self, parent: Found, name: bytes) -> None:
+        if not _whiteout_fits(name):
+            raise OSError(errno.ENAMETOOLONG, "an image entry with a name this long cannot be deleted "
+                          "(its whiteout .wh.NAME would exceed 255 bytes)")
         fd = os.open(self.up(parent.path) + b"/" + WHITEOUT_PREFIX + name, os.O_WRONLY | os.O_CREAT, 0)
         os.close(fd)
 
@@ -441,8 +456,9 @@ class Overlay:
         if src.path == _join(dp.path, dname):
             return src
         src_dir = self.is_dir(src)
-        if src_dir and src.lower:
+        if src_dir and src.lower and not (src.upper and os.path.lexists(self.up(src.path) + b"/" + OPAQUE)):
             # Like kernel overlayfs without redirect_dir: mv falls back to copy + delete.
+            # (An opaque directory shows nothing of the image: it moves like a new one.)
             raise OSError(errno.EXDEV, "renaming an image directory is not supported")
         if src_dir and (dp.path + b"/").startswith(src.path + b"/"):
             raise OSError(errno.EINVAL, "cannot move a directory into itself")

@@ -18,7 +18,7 @@ import logging
 import os
 import stat
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import pyfuse3
 
@@ -36,8 +36,9 @@ _RENAME_EXCHANGE = getattr(pyfuse3, "RENAME_EXCHANGE", 2)
 
 @dataclass(slots=True)
 class _Handle:
+    ino: int
     found: Found
-    fd: int  # -1: reads go to the image
+    fd: int  # -1: reads go to the image (until the file is copied up)
 
 
 class OverlayOperations(pyfuse3.Operations):
@@ -51,6 +52,7 @@ class OverlayOperations(pyfuse3.Operations):
         super().__init__()
         self.ov = overlay
         self.paths: dict[int, Found] = {pyfuse3.ROOT_INODE: overlay.root()}
+        self.names: dict[int, set[bytes]] = {}  # every path an inode was seen at (hard links)
         self.by_upper: dict[int, int] = {}  # st_ino in DIR -> our inode
         self.claimed: set[int] = set()  # image inodes that now stand for a file in DIR (or are gone)
         self.next_ino = itertools.count(overlay.lower.index.n_inodes + 1)
@@ -60,13 +62,20 @@ class OverlayOperations(pyfuse3.Operations):
 
     # -- inode numbers ---------------------------------------------------------
 
+    def _remember(self, ino: int, f: Found) -> None:
+        self.paths[ino] = f
+        self.names.setdefault(ino, set()).add(f.path)
+
     def _ino(self, f: Found) -> int:
         if f.path == b"":
             return pyfuse3.ROOT_INODE
         if not f.upper:
-            self.paths[f.lower] = f
+            self._remember(f.lower, f)
             return f.lower
         st = os.lstat(self.ov.up(f.path))
+        if f.lower and stat.S_ISDIR(st.st_mode):
+            self._remember(f.lower, f)  # a merged directory is the image's directory
+            return f.lower
         ino = self.by_upper.get(st.st_ino)
         if ino is None:
             if f.lower and (stat.S_ISDIR(st.st_mode) or f.lower not in self.claimed):
@@ -76,17 +85,48 @@ class OverlayOperations(pyfuse3.Operations):
             self.by_upper[st.st_ino] = ino
             if not stat.S_ISDIR(st.st_mode) and f.lower:
                 self.claimed.add(f.lower)
-        self.paths[ino] = f
+        self._remember(ino, f)
         return ino
+
+    def _forgetter(self, f: Found | None) -> Callable[[], None]:
+        """What to forget once ``f`` has been removed (call the result after the removal
+        succeeded): its name, and DIR's inode number if that was the last link, since the
+        host file system hands the number to the next new file."""
+        if f is None:
+            return lambda: None
+        ino = self._ino(f)
+        upper_ino = None
+        if f.upper:
+            st = os.lstat(self.ov.up(f.path))
+            if st.st_nlink <= 1 or stat.S_ISDIR(st.st_mode):
+                upper_ino = st.st_ino
+
+        def forget() -> None:
+            if upper_ino is not None:
+                self.by_upper.pop(upper_ino, None)
+            if f.lower:
+                self.claimed.add(f.lower)  # never hand this image inode out again
+            names = self.names.get(ino, set())
+            names.discard(f.path)
+            if self.paths.get(ino, f).path == f.path:
+                for other in list(names):
+                    alt = self.ov.resolve(other)
+                    if alt is not None:
+                        self.paths[ino] = alt
+                        break
+                    names.discard(other)
+
+        return forget
 
     def _claim(self, ino: int, f: Found) -> Found:
         """After a copy-up: the copy in DIR is still inode ``ino``."""
         if f.upper:
             st = os.lstat(self.ov.up(f.path))
-            self.by_upper[st.st_ino] = ino
-            if f.lower:
+            if not (f.lower and stat.S_ISDIR(st.st_mode)):
+                self.by_upper[st.st_ino] = ino
+            if f.lower and not stat.S_ISDIR(st.st_mode):
                 self.claimed.add(f.lower)
-        self.paths[ino] = f
+        self._remember(ino, f)
         return f
 
     def _found(self, ino: int) -> Found:
@@ -107,6 +147,10 @@ class OverlayOperations(pyfuse3.Operations):
         for ino, f in list(self.paths.items()):
             if f.path == old or f.path.startswith(prefix):
                 self.paths[ino] = Found(new + f.path[len(old):], f.lower, f.upper)
+                names = self.names.get(ino)
+                if names is not None:
+                    names.discard(f.path)
+                    names.add(new + f.path[len(old):])
 
     # -- lookups ---------------------------------------------------------------
 
@@ -122,6 +166,13 @@ class OverlayOperations(pyfuse3.Operations):
 
     @_errno_boundary
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        for h in self.handles.values():
+            if h.ino == inode and h.fd >= 0:
+                # An open file answers for itself, also once its last name is gone.
+                st = os.fstat(h.fd)
+                return self._entry(inode, Stat(st.st_mode, st.st_uid, st.st_gid, st.st_nlink, st.st_size,
+                                               st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns, st.st_rdev,
+                                               st.st_blocks))
         f = self._found(inode)
         return self._entry(inode, self.ov.stat(f))
 
@@ -158,9 +209,9 @@ class OverlayOperations(pyfuse3.Operations):
 
     # -- files -----------------------------------------------------------------
 
-    def _new_handle(self, f: Found, fd: int) -> pyfuse3.FileInfo:
+    def _new_handle(self, ino: int, f: Found, fd: int) -> pyfuse3.FileInfo:
         fh = next(self.next_fh)
-        self.handles[fh] = _Handle(f, fd)
+        self.handles[fh] = _Handle(ino, f, fd)
         return pyfuse3.FileInfo(fh=fh, keep_cache=False)
 
     @_errno_boundary
@@ -173,8 +224,8 @@ class OverlayOperations(pyfuse3.Operations):
             fd = self.ov.open_upper(f, flags)
             if writing and not f.upper:
                 f = self._claim(inode, Found(f.path, f.lower, True))
-            return self._new_handle(f, fd)
-        return self._new_handle(f, -1)
+            return self._new_handle(inode, f, fd)
+        return self._new_handle(inode, f, -1)
 
     @_errno_boundary
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -182,11 +233,16 @@ class OverlayOperations(pyfuse3.Operations):
         parent = self._found(parent_inode)
         fd, f = self.ov.create(parent, name, mode, flags & ~os.O_CREAT, ctx.uid, ctx.gid)
         attrs = self._reply(f)
-        return self._new_handle(f, fd), attrs
+        return self._new_handle(attrs.st_ino, f, fd), attrs
 
     @_errno_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:
         h = self.handles[fh]
+        if h.fd < 0:
+            f = self.ov.refresh(h.found)
+            if f.upper and self.by_upper.get(os.lstat(self.ov.up(f.path)).st_ino) == h.ino:
+                # Copied up since this was opened (another descriptor wrote): read the copy.
+                h.found, h.fd = f, self.ov.open_upper(f, os.O_RDONLY)
         if h.fd >= 0:
             return os.pread(h.fd, size, off)
         return self.ov.read_lower(h.found, off, size)
@@ -268,20 +324,22 @@ class OverlayOperations(pyfuse3.Operations):
         f = self.ov.link(src, self._found(new_parent_inode), new_name)
         if not was_upper:
             self._claim(inode, Found(src.path, src.lower, True))
-        self._claim(inode, f)
+        self.names.setdefault(inode, set()).add(f.path)  # another name; the inode keeps its path
         return self._entry(inode, self.ov.stat(f))
 
     @_errno_boundary
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         parent = self._found(parent_inode)
-        f = self.ov.step(parent, name)
+        forget = self._forgetter(self.ov.step(parent, name))
         self.ov.unlink(parent, name)
-        if f is not None and f.lower:
-            self.claimed.add(f.lower)  # never hand this image inode out again
+        forget()
 
     @_errno_boundary
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        self.ov.rmdir(self._found(parent_inode), name)
+        parent = self._found(parent_inode)
+        forget = self._forgetter(self.ov.step(parent, name))
+        self.ov.rmdir(parent, name)
+        forget()
 
     @_errno_boundary
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
@@ -294,9 +352,10 @@ class OverlayOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         ino = self._ino(src)
         dst = self.ov.step(dp, name_new)
-        if dst is not None and dst.lower:
-            self.claimed.add(dst.lower)
+        forget = self._forgetter(dst if dst is not None and dst.path != src.path else None)
         new = self.ov.rename(sp, name_old, dp, name_new, noreplace=bool(flags & _RENAME_NOREPLACE))
+        forget()
+        self.names.get(ino, set()).discard(src.path)
         self._moved(src.path, new.path)
         self._claim(ino, new)
 
