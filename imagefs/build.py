@@ -117,6 +117,7 @@ class _Builder:
         self.outer_state = cache.blob_state(state_dir, self.ident, None, None) if state_dir else None
         self.members = 0
         self.done = 0
+        self.image: Image | None = None
 
     def _report(self, offset: int, count: int = 0) -> None:
         if self.progress is not None:
@@ -128,7 +129,10 @@ class _Builder:
         # so a gzip and a plain copy of one layer share their scan.
         key = None
         if self.layer_cache:
-            key = LayerCache.key(ref.diff_id, stream) if ref.diff_id else LayerCache.key(ref.digest, span)
+            try:
+                key = LayerCache.key(ref.diff_id, stream) if ref.diff_id else LayerCache.key(ref.digest, span)
+            except OSError as e:
+                raise ArchiveError(f"{what}: {e.strerror or e}") from None
         if self.opts.verify:
             _verify(ref, span, stream, what, blobs.sniff(span), lambda pos: self._report(min(pos, span.length or 0)))
         if key and self.layer_cache:
@@ -157,6 +161,7 @@ class _Builder:
         """Each used layer of the chosen image, base first, with its members."""
         images = read_images(archive)
         image = select_image(images, self.opts.image, self.path)
+        self.image = image
         upto = _layers_to_use(image, self.opts.layer, self.path)
         spans = [archive.open(layer.member) for layer in image.layers[:upto]]
         if self.progress is not None:
@@ -178,10 +183,10 @@ class _Builder:
         try:
             root = Node(implicit_dir(b""), -1)
             layer_meta: list[dict[str, Any]] = []
-            image: Image | None = None
-            for image, info, members in self.layers(archive):
+            for _image, info, members in self.layers(archive):
                 apply_layer(root, info.index, members, log.warning)
                 layer_meta.append(info.as_meta())
+            image = self.image  # set by layers(), also for an image without layers
             assert image is not None
             meta = {
                 "archive": self.ident.as_dict(),

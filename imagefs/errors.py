@@ -27,8 +27,21 @@ __all__ = [
 ]
 
 
+def _one_line(text: str) -> str:
+    # Messages quote names from archives, which may hold newlines or terminal escapes.
+    return "".join(c if c.isprintable() else "\\x%02x" % ord(c) if ord(c) < 256 else "\\u%04x" % ord(c)
+                   for c in text)
+
+
 class ImageFSError(Exception):
-    """Base of every error imagefs raises on purpose; ``str(err)`` is the user's line."""
+    """Base of every error imagefs raises on purpose; ``str(err)`` is the user's line.
+
+    Control characters in the message are escaped, so it stays one line and
+    cannot drive the terminal, whatever archive names it quotes.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_one_line(str(message)))
 
 
 class ArchiveError(ImageFSError):

@@ -129,20 +129,25 @@ def _from_manifest_json(archive: Archive) -> list[Image]:
 
 
 def _oci_manifests(archive: Archive, desc: dict[str, Any], ref: str | None,
-                   depth: int) -> list[tuple[dict[str, Any], str | None, str | None]]:
+                   depth: int, budget: list[int] | None = None) -> list[tuple[dict[str, Any], str | None, str | None]]:
     """Leaf image manifests under an index descriptor, with ref name and platform."""
     if depth > 8:
         raise ImageFormatError(f"{archive.path}: OCI indexes nest too deep")
+    budget = budget if budget is not None else [MAX_IMAGES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ImageFormatError(f"{archive.path}: the OCI indexes name more than {MAX_IMAGES} manifests; refusing")
     if not isinstance(desc, dict):
         raise ImageFormatError(f"{archive.path}: an OCI index lists a manifest that is not an object")
     annotations = desc.get("annotations") or {}
     if not isinstance(annotations, dict):
         raise ImageFormatError(f"{archive.path}: OCI annotations that are not an object")
-    ref = annotations.get(_REF_NAME, ref)
+    named = annotations.get(_REF_NAME)
+    ref = named if isinstance(named, str) else ref
     doc = _json(archive, _blob_member(desc.get("digest"), archive))
     if not isinstance(doc, dict):
         raise ImageFormatError(f"{archive.path}: OCI manifest {desc.get('digest')} is not an object")
-    if desc.get("mediaType") in _OCI_INDEX_TYPES or doc.get("mediaType") in _OCI_INDEX_TYPES or (
+    if str(desc.get("mediaType")) in _OCI_INDEX_TYPES or str(doc.get("mediaType")) in _OCI_INDEX_TYPES or (
         "manifests" in doc and "layers" not in doc
     ):
         children = doc.get("manifests") or []
@@ -150,7 +155,7 @@ def _oci_manifests(archive: Archive, desc: dict[str, Any], ref: str | None,
             raise ImageFormatError(f"{archive.path}: an OCI index whose manifests is not a list")
         out = []
         for child in children:
-            out.extend(_oci_manifests(archive, child, ref, depth + 1))
+            out.extend(_oci_manifests(archive, child, ref, depth + 1, budget))
         return out
     plat = desc.get("platform")
     platform = None
@@ -164,10 +169,18 @@ def _from_oci_layout(archive: Archive) -> list[Image]:
     if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
         raise ImageFormatError(f"{archive.path}: index.json has no manifests list")
     images = []
+    budget = [MAX_IMAGES]
+    seen: set[tuple[str, str | None]] = set()
     for desc in index["manifests"]:
         if not isinstance(desc, dict):
             raise ImageFormatError(f"{archive.path}: index.json has a manifest that is not an object")
-        for doc, ref, platform in _oci_manifests(archive, desc, None, 0):
+        for doc, ref, platform in _oci_manifests(archive, desc, None, 0, budget):
+            key = (json.dumps(doc, sort_keys=True), ref)
+            if key in seen:
+                continue  # the same manifest reached twice through nested indexes
+            seen.add(key)
+            if len(images) >= MAX_IMAGES:
+                raise ImageFormatError(f"{archive.path}: more than {MAX_IMAGES} images; refusing")
             config_desc = doc.get("config") or {}
             if not isinstance(config_desc, dict):
                 raise ImageFormatError(f"{archive.path}: OCI manifest whose config is not a descriptor")
@@ -210,7 +223,7 @@ def _from_legacy(archive: Archive) -> list[Image]:
             meta = _json(archive, f"{i}/json".encode())
             if not isinstance(meta, dict):
                 raise ImageFormatError(f"{archive.path}: {i[:12]}/json is not an object")
-            if meta.get("parent"):
+            if isinstance(meta.get("parent"), str):
                 parents.add(meta["parent"])
         tops = {i: [] for i in sorted(ids - parents)}
         if ids and not tops:
@@ -241,12 +254,25 @@ def _from_legacy(archive: Archive) -> list[Image]:
     return images
 
 
+MAX_IMAGES = 10_000
+
+
 def read_images(archive: Archive) -> list[Image]:
     """Every image in ``archive``, in the order the archive lists them.
 
     Raises:
         ImageFormatError: the archive is not an image archive, or is inconsistent.
     """
+    try:
+        return _read_images(archive)
+    except (TypeError, AttributeError, KeyError, ValueError, RecursionError, UnicodeError) as e:
+        # The documents are untrusted JSON: any shape the readers above did not foresee
+        # is a broken manifest, not a crash.
+        raise ImageFormatError(
+            f"{archive.path}: the image manifests are malformed ({type(e).__name__})") from None
+
+
+def _read_images(archive: Archive) -> list[Image]:
     if archive.exists(b"manifest.json"):
         images = _from_manifest_json(archive)
     elif archive.exists(b"index.json"):

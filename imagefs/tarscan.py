@@ -44,6 +44,11 @@ _TYPES = {
     b"1": HARDLINK, b"2": stat.S_IFLNK, b"3": stat.S_IFCHR, b"4": stat.S_IFBLK,
     b"5": stat.S_IFDIR, b"6": stat.S_IFIFO, b"D": stat.S_IFDIR, b"S": stat.S_IFREG,
 }
+_GLOBAL_KEYS = {b"uid", b"gid", b"mtime", b"SCHILY.devmajor", b"SCHILY.devminor"}
+# A path longer than this (or deeper than _MAX_DEPTH) cannot be used on Linux
+# anyway, and walking it would cost quadratic time.
+_MAX_PATH = 16384
+_MAX_DEPTH = 1024
 # Types whose header is followed by data blocks (everything unknown too, as tar does).
 _NO_DATA = {b"1", b"2", b"3", b"4", b"5", b"6"}
 
@@ -227,9 +232,12 @@ def scan(
     while True:
         hdr = buf.read(BLOCK, pos)
         if len(hdr) < BLOCK:
-            if (len(hdr) == 0 and not pending and long_name is None and long_link is None
-                    and (pos == 0 or len(src.pread(1, pos - 1)) == 1)):
-                return  # a stream that ends at a member boundary without the zero blocks
+            if len(hdr) == 0 and pos == 0:
+                return  # an empty stream holds no members
+            if len(hdr) == 0:
+                # Every writer ends a tar with zero blocks; a stream that stops at a member
+                # boundary without them was cut there (and would silently lose the rest).
+                raise TarFormatError(f"truncated tar: no end-of-archive marker after byte {pos}")
             raise TarFormatError(f"truncated tar: the stream ends inside a header at byte {pos}")
         if hdr == _ZERO_BLOCK:
             return
@@ -253,7 +261,11 @@ def scan(
             if typeflag == b"x":
                 pending.extend(_parse_pax(data, pos))
             elif typeflag == b"g":
-                globals_.update(_parse_pax(data, pos))
+                # Only what applies to members is kept, so hostile global headers cannot make
+                # every later member pay for thousands of records.
+                for key, value in _parse_pax(data, pos):
+                    if key in _GLOBAL_KEYS or (key.startswith(b"SCHILY.xattr.") and len(globals_) < 64):
+                        globals_[key] = value
             elif typeflag == b"L":
                 long_name = _cstr(data)
             else:
@@ -348,27 +360,31 @@ def scan(
 
         if sparse_map_in_data:  # PAX sparse 1.0: the map is a prefix of the data
             sparse = []
-            text = b""
+            blocks: list[bytes] = []
             consumed = 0
+            newlines = 0
+            n = -1
             while True:
                 blk = buf.read(BLOCK, data_at + consumed)
                 if len(blk) < BLOCK:
                     raise TarFormatError(f"truncated tar: sparse map at byte {pos} is cut short")
-                text += blk
+                blocks.append(blk)
                 consumed += BLOCK
-                fields = text.split(b"\n")
-                try:
-                    n = int(fields[0])
-                except ValueError:
-                    raise TarFormatError(f"corrupt sparse map at byte {pos}") from None
-                if len(fields) - 1 >= 1 + 2 * n:
+                newlines += blk.count(b"\n")
+                if n < 0 and newlines:
+                    try:
+                        n = int(b"".join(blocks).split(b"\n", 1)[0])
+                    except ValueError:
+                        raise TarFormatError(f"corrupt sparse map at byte {pos}") from None
+                if n >= 0 and newlines >= 1 + 2 * n:
+                    fields = b"".join(blocks).split(b"\n")
                     try:
                         nums = [int(f) for f in fields[1:1 + 2 * n]]
                     except ValueError:
                         raise TarFormatError(f"corrupt sparse map at byte {pos}") from None
                     sparse = list(zip(nums[0::2], nums[1::2]))
                     break
-                if consumed > 1 << 24:
+                if consumed > 1 << 24 or (n < 0 and consumed > BLOCK * 4):
                     raise TarFormatError(f"corrupt sparse map at byte {pos}")
             data_at += consumed
             size -= consumed
@@ -378,6 +394,17 @@ def scan(
             raise TarFormatError(f"corrupt tar header at byte {member_at}: negative size")
         if sparse is not None:
             size = sparse_real if sparse_real is not None else stored
+            end = 0
+            for off, ln in sparse:
+                if off < end or ln < 0 or off + ln > size:
+                    raise TarFormatError(f"corrupt sparse map for {_show(name)} at byte {member_at}")
+                end = off + ln
+            if sum(ln for _o, ln in sparse) > stored:
+                raise TarFormatError(f"corrupt sparse map for {_show(name)} at byte {member_at}: "
+                                     "it maps more data than the member stores")
+        if not -(1 << 63) <= mtime_ns < 1 << 63:
+            warn(f"tar member {_show(name)} has an mtime out of range; shown as 0")
+            mtime_ns = 0
         kind = _TYPES.get(typeflag)
         if typeflag in (b"0", b"\0") and name.endswith(b"/") and magic != b"ustar\0":
             kind = stat.S_IFDIR  # pre-POSIX (v7) tar marks directories only by the slash
@@ -390,6 +417,8 @@ def scan(
                 f"truncated tar: member {_show(name)} at byte {member_at} needs data up to byte "
                 f"{data_at + stored}, the stream ends at {length}"
             )
+        if size >= 1 << 63:
+            raise TarFormatError(f"corrupt tar header at byte {member_at}: size {size} is impossible")
         pos = next_pos
         if kind is None:
             warn(f"tar member {_show(name)} has unsupported type {typeflag!r}; skipped")
@@ -397,6 +426,9 @@ def scan(
         path = normalize(name)
         if path is None:
             warn(f"tar member {_show(name)} has a NUL byte in its name; skipped")
+            continue
+        if len(path) > _MAX_PATH or path.count(b"/") >= _MAX_DEPTH:
+            warn(f"tar member at byte {member_at} has a path of {len(path)} bytes; skipped")
             continue
         if kind == HARDLINK:
             target = normalize(linkname)

@@ -58,6 +58,9 @@ class _Cursor:
             chunk = self.raw.pread(_CHUNK, self.c_pos)
             if not chunk:
                 self.eof = True
+                if self.c_pos > self.frames[-1][0]:
+                    # Input ended inside a frame: the stream was cut short.
+                    raise OSError(errno.EIO, "truncated zstd data (the stream ends inside a frame)")
                 return False
             try:
                 out = self.dobj.decompress(chunk)
