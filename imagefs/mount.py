@@ -211,6 +211,12 @@ def spawn_daemon(request: dict[str, object], mountpoint: str, log_file: str | No
     text = _wait_ready(rfd)
     if text == "ok":
         return
+    if not text:
+        # The pipe closed or timed out: a daemon that died closes it a moment before
+        # its exit status can be collected.
+        deadline = time.monotonic() + 2
+        while exited() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
     if exited() is None:
         stop()
         deadline = time.monotonic() + 5
