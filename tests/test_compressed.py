@@ -1,0 +1,136 @@
+"""Random access into compressed layers: every read equals the same bytes of the plain layer.
+
+Multi-megabyte layers in gzip, single-frame zstd and multi-frame zstd; reads at
+random offsets and lengths, backwards and forwards, through the library with a
+cache (seek points, frame tables, the flat zstd copy) and without one, then
+again from a second open that reuses the cache.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import random
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from builder import write_tar
+from imagefs import BuildOptions, ImageTree
+
+SIZE = 6 << 20  # spans several gzip seek points (1 MiB) and the zstd rewind limit (8 MiB) with two files
+
+
+def _layer() -> tuple[bytes, dict[str, bytes]]:
+    rnd = random.Random(1234)
+    files = {}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for i in range(3):
+            # compressible but not trivial: words from a small vocabulary plus random bytes
+            words = [bytes(rnd.getrandbits(8) for _ in range(rnd.randint(3, 9))) for _ in range(500)]
+            data = b" ".join(rnd.choice(words) for _ in range(SIZE // 6))[:SIZE]
+            name = f"blob{i}.bin"
+            files[name] = data
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return buf.getvalue(), files
+
+
+LAYER, FILES = _layer()
+
+
+def _compress(kind: str, data: bytes) -> bytes:
+    if kind == "gzip":
+        return gzip.compress(data, compresslevel=1, mtime=0)
+    if kind == "zstd-one-frame":
+        return zstandard.ZstdCompressor(level=1).compress(data)
+    # several frames, as chunked writers produce
+    step = 1 << 20
+    c = zstandard.ZstdCompressor(level=1)
+    return b"".join(c.compress(data[i:i + step]) for i in range(0, len(data), step))
+
+
+def _archive(tmp_path: Path, kind: str) -> Path:
+    import hashlib
+    import json
+
+    blob = _compress(kind, LAYER)
+    diff_id = hashlib.sha256(LAYER).hexdigest()
+    digest = hashlib.sha256(blob).hexdigest()
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]}}).encode()
+    cfg = hashlib.sha256(config).hexdigest()
+    media = "gzip" if kind == "gzip" else "zstd"
+    manifest = json.dumps({"schemaVersion": 2, "config": {"digest": f"sha256:{cfg}", "size": len(config)},
+                           "layers": [{"mediaType": f"application/vnd.oci.image.layer.v1.tar+{media}",
+                                       "digest": f"sha256:{digest}", "size": len(blob)}]}).encode()
+    mdig = hashlib.sha256(manifest).hexdigest()
+    index = json.dumps({"schemaVersion": 2, "manifests": [{"digest": f"sha256:{mdig}", "size": len(manifest)}]})
+    path = tmp_path / f"{kind}.tar"
+    write_tar(str(path), [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", index.encode()),
+                          (f"blobs/sha256/{digest}", blob), (f"blobs/sha256/{cfg}", config),
+                          (f"blobs/sha256/{mdig}", manifest)])
+    return path
+
+
+def _check_reads(tree: ImageTree, seed: int) -> None:
+    rnd = random.Random(seed)
+    names = sorted(FILES)
+    for _ in range(60):
+        name = rnd.choice(names)
+        data = FILES[name]
+        off = rnd.randrange(len(data))
+        n = rnd.choice([1, 4096, 65536, 131072, 1 << 20])
+        assert tree.read(tree.resolve(name.encode()), off, n) == data[off:off + n], (name, off, n)
+    for name in reversed(names):  # backwards through the layer: the worst case for a stream
+        data = FILES[name]
+        assert tree.read(tree.resolve(name.encode()), len(data) - 100, 100) == data[-100:]
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd-one-frame", "zstd-frames"])
+@pytest.mark.parametrize("cached", [True, False], ids=["cache", "no-cache"])
+def test_random_reads_match_the_plain_layer(tmp_path: Path, kind: str, cached: bool) -> None:
+    archive = _archive(tmp_path, kind)
+    opts = BuildOptions(cache_dir=str(tmp_path / "cache"), use_cache=cached)
+    with ImageTree.open(str(archive), opts) as tree:
+        assert sorted(tree.listdir(tree.root)) == sorted(n.encode() for n in FILES)
+        _check_reads(tree, 1)
+    if cached:
+        # A second open reuses the index and the saved seek points / frame table / flat copy.
+        with ImageTree.open(str(archive), opts) as tree:
+            assert tree.index.from_cache
+            _check_reads(tree, 2)
+
+
+def test_gzip_outer_archive_random_reads(tmp_path: Path) -> None:
+    archive = _archive(tmp_path, "zstd-frames")
+    outer = tmp_path / "outer.tar.gz"
+    outer.write_bytes(gzip.compress(archive.read_bytes(), compresslevel=1, mtime=0))
+    with ImageTree.open(str(outer), BuildOptions(cache_dir=str(tmp_path / "cache"))) as tree:
+        _check_reads(tree, 3)
+
+
+def test_zstd_outer_archive_random_reads(tmp_path: Path) -> None:
+    archive = _archive(tmp_path, "gzip")
+    outer = tmp_path / "outer.tar.zst"
+    outer.write_bytes(zstandard.ZstdCompressor(level=1).compress(archive.read_bytes()))
+    with ImageTree.open(str(outer), BuildOptions(cache_dir=str(tmp_path / "cache"))) as tree:
+        _check_reads(tree, 4)
+
+
+def test_modified_archive_is_reindexed(tmp_path: Path) -> None:
+    archive = _archive(tmp_path, "gzip")
+    opts = BuildOptions(cache_dir=str(tmp_path / "cache"))
+    with ImageTree.open(str(archive), opts) as tree:
+        assert not tree.index.from_cache
+    with ImageTree.open(str(archive), opts) as tree:
+        assert tree.index.from_cache
+    os.utime(archive)  # same bytes, new mtime: a changed archive as far as anyone can tell
+    with ImageTree.open(str(archive), opts) as tree:
+        assert not tree.index.from_cache
+        _check_reads(tree, 5)
