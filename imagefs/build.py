@@ -58,7 +58,7 @@ def _layers_to_use(image: Image, layer: int | None, archive_path: str) -> int:
     n = len(image.layers)
     if layer is None:
         return n
-    upto = layer if layer > 0 else n + layer
+    upto = layer if layer > 0 else n + layer + 1  # -1 is the top layer
     if layer == 0 or not 1 <= upto <= n:
         raise ImageSelectError(f"--layer {layer} is out of range: the image has {n} layers (1..{n} or -1..-{n})")
     return upto

@@ -239,7 +239,8 @@ def _subtree(src: Source, h: object, path: bytes, kind: str, side_a: bool) -> It
 
 
 def diff(a: Source, b: Source, opts: DiffOptions = DiffOptions()) -> Iterator[Change]:
-    """The changes from ``a`` to ``b``, sorted by path bytes (parents before children)."""
+    """The changes from ``a`` to ``b`` in tree order: each directory's entries sorted by
+    name bytes, a directory's changes right after its own line (as ``diff -r`` walks)."""
     shared = shared_layers(a, b)
     yield from _diff_dir(a, a.root(), b, b.root(), b"", shared, opts)
 

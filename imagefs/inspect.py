@@ -6,7 +6,9 @@ an entry at a path that did not exist is *added*, one that replaces an
 existing non-directory (or a directory by a non-directory) is *modified*, and
 every path a whiteout or opaque marker removes is *deleted*.  Directories that
 a layer merely repeats (as every layer does for the parents of what it
-changes) are not counted.  A regular file's bytes are *wasted* when no name
+changes) are not counted.  Counts are the layer's net effect, as ``imagefs diff``
+of the image before and after the layer shows it, except that a subtree removed
+because a non-directory replaced its directory is not counted as deleted.  A regular file's bytes are *wasted* when no name
 in the final image reaches them any more (overwritten or deleted later), as
 dive reports it.
 """
@@ -17,7 +19,8 @@ import stat
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
-from .build import BuildOptions, scan_layers
+from . import blobs
+from .build import BuildOptions, LayerInfo, scan_layers
 from .manifest import Image
 from .merge import Node, apply_layer, find, implicit_dir
 from .paths import parse_whiteout
@@ -48,13 +51,15 @@ class LayerStats:
         return asdict(self)
 
 
-def _count(node: Node) -> int:
-    """Paths in a subtree, itself included."""
-    n = 1
-    if node.children:
-        for child in node.children.values():
-            n += _count(child)
-    return n
+def _join(parent: bytes, name: bytes) -> bytes:
+    return parent + b"/" + name if parent else name
+
+
+def _paths(node: Node, path: bytes) -> Iterator[bytes]:
+    """The paths of a subtree, itself included."""
+    yield path
+    for name, child in (node.children or {}).items():
+        yield from _paths(child, _join(path, name))
 
 
 def _history(image: Image) -> list[str]:
@@ -74,6 +79,21 @@ def _stored_size(members: list[Member]) -> int:
     return end + 1024 if members else 0
 
 
+def _stream_size(info: LayerInfo, members: list[Member]) -> int:
+    """The uncompressed size of a compressed layer: past the last member, tar writers pad
+    to their record size, so read on from there to the end (a few KiB; seek points help)."""
+    stream = blobs.open_stream(info.span, info.compression, "layer", info.state)
+    pos = _stored_size(members)
+    while True:
+        try:
+            chunk = stream.pread(1 << 16, pos)
+        except OSError:
+            return pos
+        if not chunk:
+            return pos
+        pos += len(chunk)
+
+
 def layer_report(archive_path: str, opts: BuildOptions,
                  progress: Progress | None = None) -> tuple[Image | None, list[LayerStats]]:
     """Replay the layers of an image and describe each (see the module doc)."""
@@ -83,6 +103,11 @@ def layer_report(archive_path: str, opts: BuildOptions,
     image: Image | None = None
     for image, info, members in scan_layers(archive_path, opts, progress):
         added = modified = deleted = entries = 0
+        # Net effect against the tree the lower layers built, as `imagefs diff` sees it:
+        # entries are classified before the layer applies; a path counts as deleted if a
+        # marker covered it and it is gone afterwards (so overlapping markers count it once,
+        # and a path the same layer re-creates is modified, not deleted).
+        covered: set[bytes] = set()
         for m in members:
             wh = parse_whiteout(m.path)
             if wh is True:
@@ -91,9 +116,10 @@ def layer_report(archive_path: str, opts: BuildOptions,
                 target = find(root, wh.path)
                 if target is not None:
                     if wh.opaque:
-                        deleted += sum(_count(c) for c in (target.children or {}).values())
+                        for name, child in (target.children or {}).items():
+                            covered.update(_paths(child, _join(wh.path, name)))
                     else:
-                        deleted += _count(target)
+                        covered.update(_paths(target, wh.path))
                 continue
             entries += 1
             existing = find(root, m.path)
@@ -102,13 +128,14 @@ def layer_report(archive_path: str, opts: BuildOptions,
             elif not (m.kind == stat.S_IFDIR and existing.children is not None):
                 modified += 1
         apply_layer(root, info.index, members, lambda _msg: None)
+        deleted = sum(1 for p in covered if find(root, p) is None)
         files = [(m.offset, m.size) for m in members if m.kind == stat.S_IFREG and parse_whiteout(m.path) is None]
         layer_files.append(files)
         rows.append({
             "index": info.index + 1,
             "digest": info.ref.diff_id or info.ref.digest or info.ref.member.decode(errors="replace"),
             "compressed_size": info.span.length or 0,
-            "size": info.span.length if info.compression == "none" else _stored_size(members),
+            "size": info.span.length if info.compression == "none" else _stream_size(info, members),
             "entries": entries, "added": added, "modified": modified, "deleted": deleted,
             "file_bytes": sum(size for _o, size in files),
             "compression": info.compression,

@@ -28,7 +28,7 @@ from typing import Callable, Iterable
 from .paths import Whiteout, in_aufs_meta, parse_whiteout
 from .tarscan import HARDLINK, Member
 
-__all__ = ["Node", "implicit_dir", "merge", "find"]
+__all__ = ["Node", "apply_layer", "apply_whiteout", "find", "implicit_dir", "merge"]
 
 
 class Node:
@@ -100,7 +100,8 @@ def _touch(root: Node, path: bytes, layer: int) -> None:
                 node.touched = max(node.touched, layer)
 
 
-def _apply_whiteout(root: Node, wh: Whiteout) -> None:
+def apply_whiteout(root: Node, wh: Whiteout) -> None:
+    """Remove what ``wh`` hides from the tree (a path, or a directory's contents)."""
     if wh.opaque:
         target = find(root, wh.path)
         if target is not None and target.children is not None:
@@ -130,7 +131,7 @@ def apply_layer(root: Node, layer: int, members: Iterable[Member], warn: Callabl
             whiteouts.append(wh)
     for wh in whiteouts:
         _touch(root, wh.path, layer)
-        _apply_whiteout(root, wh)
+        apply_whiteout(root, wh)
     for m in entries:
         if m.path == b"":
             if m.kind == stat.S_IFDIR:
