@@ -31,7 +31,7 @@ __all__ = ["ZstdBlob"]
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 1 << 20
+_CHUNK = 1 << 20  # for the one-off flat copy
 # Going back further than this inside one frame decompresses the layer to disk.
 REWIND_LIMIT = 8 << 20
 
@@ -47,6 +47,39 @@ class _Cursor:
         self.frames = frames
         self.dobj = zstandard.ZstdDecompressor().decompressobj()
         self.eof = False
+        self.at_frame_start = True
+        self.checksum = False
+
+    def _piece_end(self) -> int:
+        """Where the next frame header or whole block ends in the compressed bytes.
+
+        Feeding the decompressor one block at a time bounds what one call can
+        produce to a block's maximum (128 KiB), whatever the compression ratio:
+        a decompression bomb costs time, never memory.
+        """
+        pos = self.c_pos
+        if self.at_frame_start:
+            head = self.raw.pread(14, pos)
+            if len(head) < 5:
+                return pos + len(head)
+            magic = int.from_bytes(head[:4], "little")
+            if 0x184D2A50 <= magic <= 0x184D2A5F:  # a skippable frame: its size follows
+                return pos + 8 + int.from_bytes(head[4:8], "little")
+            fhd = head[4]
+            single = fhd >> 5 & 1
+            self.checksum = bool(fhd >> 2 & 1)
+            fcs = (1 if single else 0, 2, 4, 8)[fhd >> 6]
+            self.at_frame_start = False
+            return pos + 5 + (0 if single else 1) + (0, 1, 2, 4)[fhd & 3] + fcs
+        hdr = self.raw.pread(3, pos)
+        if len(hdr) < 3:
+            return pos + len(hdr)
+        v = int.from_bytes(hdr, "little")
+        end = pos + 3 + (1 if (v >> 1) & 3 == 1 else v >> 3)  # an RLE block stores one byte
+        if v & 1:  # the last block, then the optional checksum
+            end += 4 if self.checksum else 0
+            self.at_frame_start = True
+        return end
 
     def _more(self) -> bool:
         """Decompress the next piece into buf (dropping what was before). False at the end."""
@@ -55,7 +88,15 @@ class _Cursor:
         self.d_pos += len(self.buf)
         self.buf = b""
         while not self.buf:
-            chunk = self.raw.pread(_CHUNK, self.c_pos)
+            start = self.c_pos
+            was_frame_start = self.at_frame_start
+            end = self._piece_end()
+            head = self.raw.pread(4, start) if was_frame_start else b""
+            if len(head) == 4 and 0x184D2A50 <= int.from_bytes(head, "little") <= 0x184D2A5F:
+                self.c_pos = end  # skippable frames hold no data
+                self.at_frame_start = True
+                continue
+            chunk = self.raw.pread(max(end - start, 1), start)
             if not chunk:
                 self.eof = True
                 if self.c_pos > self.frames[-1][0]:
