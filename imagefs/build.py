@@ -138,7 +138,16 @@ class _Builder:
         if key and self.layer_cache:
             cached = self.layer_cache.load(key)
             if cached is not None:
-                return cached
+                # A digest is only a claim: the cached scan is used once these bytes are shown
+                # to have it (hashing is cheaper than parsing every header in Python, and
+                # --verify has just checked them anyway).
+                claimed, blob = (ref.diff_id, stream) if ref.diff_id else (ref.digest, span)
+                if self.opts.verify or _digest_of(blob, what, lambda pos: self._report(
+                        min(pos, span.length or 0))) == claimed:
+                    _save_state(stream)  # the hashing pass built the seek points
+                    return cached
+                log.warning("%s does not match its digest %s; indexing it afresh", what, claimed)
+                key = None
 
         def warn(msg: str) -> None:
             log.warning("layer %d: %s", i + 1, msg)
