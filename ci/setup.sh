@@ -24,7 +24,7 @@ fi
 # pyfuse3, patched so that read() learns the inode in FUSE no_open mode (see
 # ci/patch_pyfuse3.py for why); if that build fails, the stock wheel works too.
 PYFUSE3_VERSION=3.5.0
-if ! .venv/bin/python -c 'import pyfuse3._pyfuse3 as p; assert p.IMAGEFS_PATCH >= 2' 2>/dev/null; then
+if ! .venv/bin/python -c 'import pyfuse3._pyfuse3 as p; assert p.IMAGEFS_PATCH >= 3' 2>/dev/null; then
   src=$(mktemp -d)
   if .venv/bin/python -m pip download -q --no-deps --no-binary :all: -d "$src" "pyfuse3==$PYFUSE3_VERSION" \
      && tar -xzf "$src/pyfuse3-$PYFUSE3_VERSION.tar.gz" -C "$src" \
