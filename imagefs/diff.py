@@ -229,13 +229,21 @@ def _compare(a: Source, ha: object, ma: Meta, b: Source, hb: object, mb: Meta, o
     return tuple(what)
 
 
-def _subtree(src: Source, h: object, path: bytes, kind: str, side_a: bool) -> Iterator[Change]:
-    for name, ch in src.children(h):
-        p = path + b"/" + name if path else name
-        m = src.meta(ch)
-        yield Change(kind, p, m if side_a else None, None if side_a else m)
-        if m.type == "d":
-            yield from _subtree(src, ch, p, kind, side_a)
+def _join(path: bytes, name: bytes) -> bytes:
+    return path + b"/" + name if path else name
+
+
+def _only(src: Source, h: object, path: bytes, kind: str, side_a: bool, every: bool) -> Iterator[Change]:
+    """A path only one side has (``kind`` A or D), and with ``every`` all below it."""
+    m = src.meta(h)
+    yield Change(kind, path, m if side_a else None, None if side_a else m)
+    if every and m.type == "d":
+        yield from _below(src, h, path, kind, side_a)
+
+
+def _below(src: Source, h: object, path: bytes, kind: str, side_a: bool) -> Iterator[Change]:
+    for name, child in src.children(h):
+        yield from _only(src, child, _join(path, name), kind, side_a, True)
 
 
 def diff(a: Source, b: Source, opts: DiffOptions = DiffOptions()) -> Iterator[Change]:
@@ -255,25 +263,17 @@ def _diff_dir(a: Source, ha: object, b: Source, hb: object, path: bytes, shared:
         if j >= len(cb) or (i < len(ca) and ca[i][0] < cb[j][0]):
             name, h = ca[i]
             i += 1
-            p = path + b"/" + name if path else name
-            m = a.meta(h)
-            yield Change("D", p, m, None)
-            if opts.all and m.type == "d":
-                yield from _subtree(a, h, p, "D", True)
+            yield from _only(a, h, _join(path, name), "D", True, opts.all)
         elif i >= len(ca) or cb[j][0] < ca[i][0]:
             name, h = cb[j]
             j += 1
-            p = path + b"/" + name if path else name
-            m = b.meta(h)
-            yield Change("A", p, None, m)
-            if opts.all and m.type == "d":
-                yield from _subtree(b, h, p, "A", False)
+            yield from _only(b, h, _join(path, name), "A", False, opts.all)
         else:
             name, h1 = ca[i]
             _, h2 = cb[j]
             i += 1
             j += 1
-            p = path + b"/" + name if path else name
+            p = _join(path, name)
             ma, mb = a.meta(h1), b.meta(h2)
             what = _compare(a, h1, ma, b, h2, mb, opts)
             if what:
@@ -281,6 +281,6 @@ def _diff_dir(a: Source, ha: object, b: Source, hb: object, path: bytes, shared:
             if ma.type == "d" and mb.type == "d":
                 yield from _diff_dir(a, h1, b, h2, p, shared, opts)
             elif opts.all and ma.type == "d":
-                yield from _subtree(a, h1, p, "D", True)
+                yield from _below(a, h1, p, "D", True)
             elif opts.all and mb.type == "d":
-                yield from _subtree(b, h2, p, "A", False)
+                yield from _below(b, h2, p, "A", False)
