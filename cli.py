@@ -142,7 +142,7 @@ def mount(archive: str, mountpoint: str, foreground: bool, options: tuple[str, .
 
         overlay = check_overlay_dir(overlay, mp, shared="allow_other" in mounting.split_o(options))
     opts = BuildOptions(image=image, layer=layer, cache_dir=cache_dir, use_cache=not no_cache, verify=verify)
-    mopts = mounting.MountOptions(extra=mounting.split_o(options), debug=debug, foreground=foreground,
+    mopts = mounting.MountOptions(extra=mounting.split_o(options), debug=debug,
                                   overlay=overlay)
     mounting.fuse_options(mopts)  # refuse bad -o before the (long) indexing
     index, tmp = open_index(archive, opts, _progress(quiet))

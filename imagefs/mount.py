@@ -44,8 +44,6 @@ class MountOptions:
 
     extra: tuple[str, ...] = ()
     debug: bool = False
-    log_file: str | None = None
-    foreground: bool = False
     allow_other: bool = False
     fsname: str = "imagefs"
     overlay: str | None = None
