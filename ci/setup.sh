@@ -21,16 +21,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 
-# pyfuse3, patched so that read() learns the inode in FUSE no_open mode (see
-# ci/patch_pyfuse3.py for why); if that build fails, the stock wheel works too.
+# pyfuse3, patched for speed (ci/patch_pyfuse3.py says what and why); rebuilt
+# when the patch level changes.  If that build fails, the stock wheel works too.
 PYFUSE3_VERSION=3.5.0
-if ! .venv/bin/python -c 'import pyfuse3._pyfuse3 as p; assert p.IMAGEFS_PATCH >= 3' 2>/dev/null; then
+PATCH_LEVEL=$(python3 ci/patch_pyfuse3.py --level)
+if ! .venv/bin/python -c "import pyfuse3._pyfuse3 as p; assert p.IMAGEFS_PATCH == $PATCH_LEVEL" 2>/dev/null; then
   src=$(mktemp -d)
   if .venv/bin/python -m pip download -q --no-deps --no-binary :all: -d "$src" "pyfuse3==$PYFUSE3_VERSION" \
      && tar -xzf "$src/pyfuse3-$PYFUSE3_VERSION.tar.gz" -C "$src" \
      && .venv/bin/python ci/patch_pyfuse3.py "$src/pyfuse3-$PYFUSE3_VERSION" \
-     && .venv/bin/python -m pip install -q "$src/pyfuse3-$PYFUSE3_VERSION"; then
-    echo "ci/setup.sh: installed pyfuse3 $PYFUSE3_VERSION with the no_open read patch" >&2
+     && .venv/bin/python -m pip install -q --force-reinstall --no-deps "$src/pyfuse3-$PYFUSE3_VERSION"; then
+    echo "ci/setup.sh: installed pyfuse3 $PYFUSE3_VERSION with imagefs patch level $PATCH_LEVEL" >&2
   else
     echo "ci/setup.sh: warning: could not build the patched pyfuse3; using the stock one (slower opens)" >&2
   fi

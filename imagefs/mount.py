@@ -19,9 +19,10 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import ImageFSError, MountError
 
@@ -81,6 +82,8 @@ def split_o(values: tuple[str, ...]) -> tuple[str, ...]:
 def check_mountpoint(path: str) -> str:
     """The absolute mountpoint, or a MountError saying why it cannot be used."""
     mp = os.path.abspath(path)
+    if is_stale(mp):
+        raise MountError(f"{mp} is a stale mount (its daemon died); run: imagefs umount {mp}")
     try:
         st = os.stat(mp)
     except OSError as e:
@@ -98,14 +101,17 @@ def check_mountpoint(path: str) -> str:
     return mp
 
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def serve(tree: "ImageTree", mountpoint: str, opts: MountOptions, on_ready: Callable[[], None] | None = None) -> None:
     """Mount ``tree`` at ``mountpoint`` and serve until unmounted or signalled.
 
     SIGINT, SIGTERM and SIGHUP unmount cleanly; the mount is always removed on
-    the way out, even after an error.
+    the way out, even after an error.  ``on_ready`` is called once the mount
+    answers requests.
     """
     import pyfuse3
-    import trio
 
     from .fuseops import ReadOnlyOperations
 
@@ -121,11 +127,55 @@ def serve(tree: "ImageTree", mountpoint: str, opts: MountOptions, on_ready: Call
         pyfuse3.init(ops, mountpoint, fuse_options(opts))
     except RuntimeError as e:
         raise MountError(f"cannot mount {mountpoint}: {e}") from None
+    try:
+        # The read-only handlers never suspend, so with the patched pyfuse3
+        # they run without trio's event loop and its ~100 us per request.
+        if not opts.overlay and hasattr(pyfuse3, "imagefs_serve"):
+            _serve_without_loop(pyfuse3, mountpoint, on_ready)
+        else:
+            _serve_with_trio(pyfuse3, mountpoint, not opts.overlay, on_ready)
+    finally:
+        pyfuse3.close(unmount=True)
+
+
+def _serve_without_loop(pyfuse3: Any, mountpoint: str, on_ready: Callable[[], None] | None) -> None:
+    main = threading.main_thread().ident
+    failed: list[OSError] = []
+
+    def announce() -> None:
+        # Signals are for the serving thread: they must interrupt its read.
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        try:
+            go_live(mountpoint, widen_readahead=True)
+        except OSError as e:
+            failed.append(e)
+            signal.pthread_kill(main, signal.SIGTERM)  # interrupts the blocking read
+            return
+        if on_ready is not None:
+            on_ready()
+
+    previous = {sig: signal.signal(sig, lambda _s, _f: pyfuse3.imagefs_exit()) for sig in SIGNALS}
+    try:
+        # From a thread, because the stat waits for this thread to answer the
+        # kernel's INIT.  Signal handlers are in place before anyone hears
+        # "ready", so a SIGTERM right after `imagefs mount` returns unmounts.
+        threading.Thread(target=announce, name="imagefs-announce", daemon=True).start()
+        pyfuse3.imagefs_serve()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if failed:
+        raise MountError(f"{mountpoint} does not answer: {failed[0].strerror}")
+
+
+def _serve_with_trio(pyfuse3: Any, mountpoint: str, widen_readahead: bool,
+                     on_ready: Callable[[], None] | None) -> None:
+    import trio
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             async def on_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+                with trio.open_signal_receiver(*SIGNALS) as signals:
                     task_status.started()
                     async for _sig in signals:
                         pyfuse3.terminate()
@@ -134,17 +184,81 @@ def serve(tree: "ImageTree", mountpoint: str, opts: MountOptions, on_ready: Call
             # Signals are handled before anyone is told the mount is ready, so a
             # SIGTERM right after `imagefs mount` returns still unmounts cleanly.
             await nursery.start(on_signals)
-            if on_ready is not None:
-                on_ready()
+
+            async def announce() -> None:
+                # From a thread, because the stat waits for this loop to answer
+                # the kernel's INIT: "ready" means the mount answers requests.
+                await trio.to_thread.run_sync(go_live, mountpoint, widen_readahead)
+                if on_ready is not None:
+                    on_ready()
+
+            nursery.start_soon(announce)
             # Handlers never await (reads are pread on the page cache), so extra
             # worker tasks would only add scheduling per request.
             await pyfuse3.main(min_tasks=1, max_tasks=1)
             nursery.cancel_scope.cancel()
 
+    trio.run(main)
+
+
+# Readahead of a read-only mount, in KiB: what one FUSE request can carry (256
+# pages), so `cat` of a big file costs one request per MiB instead of 8.
+READAHEAD_KIB = 1024
+
+
+def go_live(mountpoint: str, widen_readahead: bool) -> None:
+    """Wait until ``mountpoint`` answers a request, then widen its readahead.
+
+    statfs, because the kernel caches no answer to it: a stat would leave the
+    root's attributes cached for a day, and a mount whose daemon died would
+    then not say ENOTCONN to the next stat.
+
+    The kernel takes the readahead a FUSE mount gets at INIT as a ceiling
+    (128 KiB), so it can only be raised afterwards, through the mount's own
+    backing-device entry in sysfs.  That needs root; without it reads stay at
+    128 KiB, which works, only slower.
+    """
+    os.statvfs(mountpoint)
+    if not widen_readahead:
+        return
+    dev = mount_device(mountpoint)
+    if dev is None:
+        return
+    knob = f"/sys/class/bdi/{dev}/read_ahead_kb"
     try:
-        trio.run(main)
-    finally:
-        pyfuse3.close(unmount=True)
+        with open(knob, "w") as f:
+            f.write(str(READAHEAD_KIB))
+    except OSError as e:
+        log.debug("cannot widen readahead (%s): %s", knob, e.strerror)
+
+
+def mount_device(mountpoint: str) -> str | None:
+    """``major:minor`` of the topmost mount at ``mountpoint``, from /proc/self/mountinfo."""
+    found = None
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            for line in f:
+                fields = line.split(b" ")
+                if len(fields) > 4 and _unescape_mountinfo(fields[4]) == os.fsencode(mountpoint):
+                    found = fields[2].decode()
+    except OSError:
+        return None
+    return found
+
+
+def _unescape_mountinfo(field: bytes) -> bytes:
+    # The kernel writes space, tab, newline and backslash as \ooo octal.
+    if b"\\" not in field:
+        return field
+    out, i = bytearray(), 0
+    while i < len(field):
+        if field[i:i + 1] == b"\\" and field[i + 1:i + 4].isdigit():
+            out.append(int(field[i + 1:i + 4], 8))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return bytes(out)
 
 
 def spawn_daemon(request: dict[str, object], mountpoint: str, log_file: str | None, fork: bool = False) -> None:
@@ -309,8 +423,11 @@ def _fusermount() -> str | None:
 
 
 def is_stale(mountpoint: str) -> bool:
+    """Whether a FUSE mount at ``mountpoint`` lost its daemon ("not connected")."""
+    # statfs, not stat: the kernel answers a stat from its attribute cache
+    # (a day long for an image) even after the daemon died.
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)
     except OSError as e:
         return e.errno == errno.ENOTCONN
     return False
