@@ -21,6 +21,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import pyfuse3
 
+from .index import R_COUNT, R_MODE, R_PARENT
 from .tree import ImageTree, Stat
 
 __all__ = ["ReadOnlyOperations"]
@@ -52,22 +53,27 @@ except ImportError:  # pragma: no cover - layout of other pyfuse3 versions
 def entry_attributes(ino: int, st: Stat, timeout: float) -> pyfuse3.EntryAttributes:
     """The reply to lookup/getattr/readdirplus for inode ``ino``."""
     e = pyfuse3.EntryAttributes()
-    e.st_ino = ino
     e.generation = 0
     e.entry_timeout = timeout
     e.attr_timeout = timeout
+    e.st_blksize = BLKSIZE
+    set_attributes(e, ino, st)
+    return e
+
+
+def set_attributes(e: pyfuse3.EntryAttributes, ino: int, st: Stat) -> None:
+    """Fill the per-inode fields of ``e`` (readdirplus reuses one object)."""
+    e.st_ino = ino
     e.st_mode = st.mode
     e.st_nlink = st.nlink
     e.st_uid = st.uid
     e.st_gid = st.gid
     e.st_rdev = st.rdev
     e.st_size = st.size
-    e.st_blksize = BLKSIZE
     e.st_blocks = st.blocks
     e.st_atime_ns = st.atime_ns
     e.st_mtime_ns = st.mtime_ns
     e.st_ctime_ns = st.ctime_ns
-    return e
 
 
 def _errno_boundary(fn: F) -> F:
@@ -161,21 +167,33 @@ class ReadOnlyOperations(pyfuse3.Operations):
 
     @_errno_boundary
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        if not self.tree.index.valid(fh) or not stat.S_ISDIR(self.tree.attr(fh).mode):
+        index = self.tree.index
+        if not index.valid(fh):
+            raise pyfuse3.FUSEError(errno.EBADF)
+        r = index.record(fh)
+        if not stat.S_ISDIR(r[R_MODE]):
             raise pyfuse3.FUSEError(errno.EBADF)
         # start_id is the id after the last entry the kernel accepted: 1 after ".",
         # 2 after "..", then 3 + position.  Positions are fixed in the index, so
         # resuming never skips or repeats an entry.
+        if start_id >= r[R_COUNT] + 2:
+            return  # the end: every listing asks once more
+        tree_stat, reply = self.tree.stat, pyfuse3.readdir_reply
+        # One EntryAttributes for the whole listing: readdir_reply copies it into
+        # the kernel's buffer, and this loop runs for every entry of a `find`.
+        e = entry_attributes(fh, tree_stat(fh), self.timeout)
         if start_id == 0:
-            if not pyfuse3.readdir_reply(token, b".", self._entry(fh), 1):
+            if not reply(token, b".", e, 1):
                 return
             start_id = 1
         if start_id == 1:
-            if not pyfuse3.readdir_reply(token, b"..", self._entry(self.tree.attr(fh).parent), 2):
+            set_attributes(e, r[R_PARENT], tree_stat(r[R_PARENT]))
+            if not reply(token, b"..", e, 2):
                 return
             start_id = 2
         for pos, name, ino in self.tree.entries(fh, start_id - 2):
-            if not pyfuse3.readdir_reply(token, name, self._entry(ino), pos + 3):
+            set_attributes(e, ino, tree_stat(ino))
+            if not reply(token, name, e, pos + 3):
                 break
 
     @_errno_boundary

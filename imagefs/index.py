@@ -40,6 +40,9 @@ HEADER = struct.Struct("<8sIIIQQQQQQ")
 # first count parent touched (parent: a directory's parent, for ".."; touched: see merge.Node)
 INODE = struct.Struct("<IIIIQqQiQQIQIIIIi")
 DIRENT = struct.Struct("<QII")  # name_off name_len ino
+# Positions in a raw INODE record (`Index.record`), for the per-entry hot paths.
+R_MODE, R_UID, R_GID, R_NLINK, R_SIZE, R_MTIME, R_RDEV = range(7)
+R_EXTRA_LEN, R_FIRST, R_COUNT, R_PARENT = 10, 13, 14, 15
 ROOT_INO = 1
 _XATTR_LEN = struct.Struct("<II")
 _SPARSE = struct.Struct("<QQ")
@@ -209,6 +212,11 @@ class Index:
         return Attr(ino, mode, uid, gid, nlink, size, mtime_ns, rdev, layer, data_off, first, count, parent,
                     touched)
 
+    def record(self, ino: int) -> tuple[int, ...]:
+        """The raw INODE record of ``ino``: for hot paths that need a field or two
+        (`attr` names them all; field order is INODE's)."""
+        return INODE.unpack_from(self._mm, self._inodes + (ino - 1) * INODE.size)
+
     def valid(self, ino: int) -> bool:
         return 1 <= ino <= self.n_inodes
 
@@ -237,10 +245,18 @@ class Index:
 
         Positions are stable, so ``position + 1`` is a valid resume point.
         """
-        a = self.attr(ino)
-        for pos in range(max(start, 0), a.count):
-            name, child = self._name(a.first + pos)
-            yield pos, name, child
+        r = self.record(ino)
+        first, count = r[R_FIRST], r[R_COUNT]
+        start = max(start, 0)
+        if start >= count:
+            return
+        mm, pool = self._mm, self._pool
+        lo = self._dirents + (first + start) * DIRENT.size
+        hi = self._dirents + (first + count) * DIRENT.size
+        # One unpack over the directory's records; listings are read in
+        # kernel-buffer-sized pieces, so the generator is rarely run dry.
+        for pos, (off, ln, child) in enumerate(DIRENT.iter_unpack(mm[lo:hi]), start):
+            yield pos, mm[pool + off:pool + off + ln], child
 
     def _extra(self, ino: int) -> bytes:
         fields = INODE.unpack_from(self._mm, self._inodes + (ino - 1) * INODE.size)

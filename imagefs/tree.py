@@ -21,7 +21,8 @@ from . import blobs
 from .blobs import Blob, FileBlob, Span
 from .build import BuildOptions, open_index
 from .errors import ArchiveError
-from .index import ROOT_INO, Attr, Index
+from .index import (R_EXTRA_LEN, R_GID, R_MODE, R_MTIME, R_NLINK, R_RDEV, R_SIZE, R_UID, ROOT_INO, Attr,
+                    Index)
 from .progress import Progress
 
 __all__ = ["ImageTree", "Stat"]
@@ -99,19 +100,23 @@ class ImageTree:
     def stat(self, ino: int) -> Stat:
         """stat(2) of inode ``ino``: symlinks are as long as their target, ``st_blocks``
         counts the bytes stored (holes of sparse files excluded), times are the mtime."""
-        a = self.index.attr(ino)
-        if stat.S_ISLNK(a.mode):
-            size, blocks = len(self.index.readlink(ino)), 0
-        elif stat.S_ISDIR(a.mode):
+        # From the raw record: this runs for every entry of every listing.
+        r = self.index.record(ino)
+        mode = r[R_MODE]
+        fmt = mode & 0o170000
+        if fmt == stat.S_IFREG:
+            size = r[R_SIZE]
+            # A regular file's extra is its sparse map; holes are not stored.
+            stored = size if r[R_EXTRA_LEN] == 0 else sum(n for _o, n in self.index.sparse_map(ino) or ())
+            blocks = (stored + 511) // 512
+        elif fmt == stat.S_IFDIR:
             size, blocks = DIR_SIZE, DIR_SIZE // 512
-        elif stat.S_ISREG(a.mode):
-            sparse = self.index.sparse_map(ino)
-            stored = a.size if sparse is None else sum(n for _o, n in sparse)
-            size, blocks = a.size, (stored + 511) // 512
+        elif fmt == stat.S_IFLNK:
+            size, blocks = r[R_EXTRA_LEN], 0  # a symlink's extra is its target
         else:
             size, blocks = 0, 0
-        t = max(a.mtime_ns, 0)
-        return Stat(a.mode, a.uid, a.gid, a.nlink, size, t, t, t, a.rdev, blocks)
+        t = r[R_MTIME] if r[R_MTIME] > 0 else 0
+        return Stat(mode, r[R_UID], r[R_GID], r[R_NLINK], size, t, t, t, r[R_RDEV], blocks)
 
     def lookup(self, parent: int, name: bytes) -> int:
         """The inode of ``name`` in directory ``parent``, or 0 if there is none."""
