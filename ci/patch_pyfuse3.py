@@ -17,9 +17,10 @@ stock pyfuse3 too, only slower.
    handlers that never suspend.  Stock pyfuse3 parks in trio's epoll loop
    before every request (a lock, a registration, two epoll_waits, a trip
    through the scheduler): about 100 us per request, which on a first
-   ``find`` over an image costs more than the requests' work.  This loop does
-   a blocking read, runs the handler's coroutine to completion and writes the
-   reply; ``pyfuse3.imagefs_exit()`` (from a signal handler) ends it.
+   ``find`` over an image costs more than the requests' work.  This loop
+   polls the FUSE fd and the signal wakeup fd, runs each handler's coroutine
+   to completion and writes the reply; ``pyfuse3.imagefs_exit()`` (from a
+   signal handler) ends it.
 5. (level 4) trio is imported on first use and the version is not looked up
    with importlib.metadata: 0.23 s less start-up for every mount.
 
@@ -70,26 +71,54 @@ HUNKS = [
      """@async_wrapper
 async def _session_loop(nursery, int min_tasks, int max_tasks):
 """,
-     """def imagefs_serve():
+     """cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    enum: POLLIN
+
+
+def imagefs_serve(int wake_fd):
     '''imagefs: answer requests in this thread, without an event loop, until unmounted.
 
     For handlers that never suspend (an immutable image answers every request
-    from memory or the page cache): each request is read with a blocking read
-    and its handler's coroutine is run to completion with send(None).  Signals
-    interrupt the read, and their Python handlers run right away (and may call
-    imagefs_exit()).  Raises RuntimeError if a handler suspends.
+    from memory or the page cache): each request is read as soon as poll()
+    says there is one, and its handler's coroutine is run to completion with
+    send(None).  When *wake_fd* (the signal wakeup fd, see
+    signal.set_wakeup_fd) becomes readable, pending Python signal handlers
+    run; one that calls imagefs_exit() ends the loop.  Raises RuntimeError if
+    a handler suspends.
     '''
     cdef int res
     cdef fuse_buf buf
+    cdef pollfd fds[2]
     buf.mem = NULL
     buf.size = 0
     buf.pos = 0
     buf.flags = 0
+    fds[0].fd = session_fd
+    fds[0].events = POLLIN
+    fds[1].fd = wake_fd
+    fds[1].events = POLLIN
+    os.set_blocking(session_fd, False)
     try:
         while not fuse_session_exited(session):
-            with nogil:
-                res = fuse_session_receive_buf(session, &buf)
-            if res == -errno.EINTR or res == -errno.EAGAIN:
+            res = fuse_session_receive_buf(session, &buf)
+            if res == -errno.EAGAIN:
+                with nogil:
+                    res = poll(fds, 2, -1)
+                if fds[1].revents:
+                    while True:
+                        try:
+                            if not os.read(wake_fd, 512):
+                                break
+                        except BlockingIOError:
+                            break
+                    cpython.exc.PyErr_CheckSignals()
+                continue
+            if res == -errno.EINTR:
                 cpython.exc.PyErr_CheckSignals()
                 continue
             elif res < 0:

@@ -139,31 +139,40 @@ def serve(tree: "ImageTree", mountpoint: str, opts: MountOptions, on_ready: Call
 
 
 def _serve_without_loop(pyfuse3: Any, mountpoint: str, on_ready: Callable[[], None] | None) -> None:
-    main = threading.main_thread().ident
+    # Signals reach the loop through the wakeup fd, which the C-level handler
+    # writes whichever thread the signal lands on and whatever the loop is
+    # doing; relying on EINTR alone loses a signal that arrives between two reads.
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     failed: list[OSError] = []
 
     def announce() -> None:
-        # Signals are for the serving thread: they must interrupt its read.
-        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         try:
             go_live(mountpoint, widen_readahead=True)
         except OSError as e:
             failed.append(e)
-            signal.pthread_kill(main, signal.SIGTERM)  # interrupts the blocking read
+            pyfuse3.imagefs_exit()
+            try:
+                os.write(wake_w, b"!")
+            except OSError:
+                pass  # the loop has ended (and closed it) already
             return
         if on_ready is not None:
             on_ready()
 
+    previous_wakeup = signal.set_wakeup_fd(wake_w)
     previous = {sig: signal.signal(sig, lambda _s, _f: pyfuse3.imagefs_exit()) for sig in SIGNALS}
     try:
-        # From a thread, because the stat waits for this thread to answer the
-        # kernel's INIT.  Signal handlers are in place before anyone hears
+        # From a thread, because the statfs waits for this thread to answer
+        # the kernel's INIT.  Signal handlers are in place before anyone hears
         # "ready", so a SIGTERM right after `imagefs mount` returns unmounts.
         threading.Thread(target=announce, name="imagefs-announce", daemon=True).start()
-        pyfuse3.imagefs_serve()
+        pyfuse3.imagefs_serve(wake_r)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        signal.set_wakeup_fd(previous_wakeup)
+        os.close(wake_r)
+        os.close(wake_w)
     if failed:
         raise MountError(f"{mountpoint} does not answer: {failed[0].strerror}")
 
@@ -274,8 +283,9 @@ def spawn_daemon(request: dict[str, object], mountpoint: str, log_file: str | No
     """
     rfd, wfd = os.pipe()
     if fork:
-        import pyfuse3  # noqa: F401 - imported once here rather than in the child's critical path
-        import trio  # noqa: F401
+        # Imported while the parent is still alone, rather than in the child's
+        # critical path.  Not trio: the read-only daemon never uses it.
+        import pyfuse3  # noqa: F401
 
         pid = os.fork()
         if pid == 0:
