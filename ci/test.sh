@@ -9,4 +9,7 @@ if ! command -v podman >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends podman >/dev/null \
     || echo "ci/test.sh: warning: podman could not be installed; the podman load test will be skipped" >&2
 fi
+# setup.sh installed a C compiler: the compiled parts (imagefs._tarfast, the
+# patched pyfuse3) must be there, or tests fail instead of quietly testing the fallbacks.
+export IMAGEFS_REQUIRE_C=1
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -96,34 +96,38 @@ def write_index(root: Node, meta: dict[str, Any], path: str) -> None:
     parents: list[int] = [ROOT_INO]
     nlinks: list[int] = [2]
     dir_ranges: dict[int, tuple[int, int]] = {}
-    dirents = bytearray()
+    # DIRENT fields, flat, packed with one call at the end (this loop runs per name).
+    dirent_fields: list[int] = []
     pool = _Pool()
     ndirents = 0
     i = 0
     while i < len(nodes):
         node = nodes[i]
         i += 1
-        if node.children is None:
+        children = node.children
+        if children is None:
             continue
+        node_ino = i  # nodes[i - 1] is inode i
         first = ndirents
         subdirs = 0
-        for name in sorted(node.children):
-            child = node.children[name]
+        for name in sorted(children):
+            child = children[name]
             ino = inos.get(id(child))
             if ino is None:
                 ino = len(nodes) + 1
                 inos[id(child)] = ino
                 nodes.append(child)
-                parents.append(inos[id(node)])
+                parents.append(node_ino)
                 nlinks.append(2 if child.children is not None else 1)
             else:
                 nlinks[ino - 1] += 1  # another name for a hard-linked inode
             if child.children is not None:
                 subdirs += 1
-            dirents += DIRENT.pack(pool.add(name), len(name), ino)
+            dirent_fields += (pool.add(name), len(name), ino)
             ndirents += 1
-        dir_ranges[inos[id(node)]] = (first, ndirents - first)
-        nlinks[inos[id(node)] - 1] = 2 + subdirs
+        dir_ranges[node_ino] = (first, ndirents - first)
+        nlinks[node_ino - 1] = 2 + subdirs
+    dirents = struct.pack("<" + DIRENT.format[1:] * ndirents, *dirent_fields)
 
     inodes = bytearray(INODE.size * len(nodes))
     with_xattrs = 0
@@ -162,8 +166,7 @@ def write_index(root: Node, meta: dict[str, Any], path: str) -> None:
             f.write(header)
             f.write(inodes)
             f.write(dirents)
-            for part in pool.parts:
-                f.write(part)
+            f.write(b"".join(pool.parts))
             f.write(meta_raw)
             f.flush()
             os.fsync(f.fileno())

@@ -132,6 +132,11 @@ def apply_layer(root: Node, layer: int, members: Iterable[Member], warn: Callabl
     for wh in whiteouts:
         _touch(root, wh.path, layer)
         apply_whiteout(root, wh)
+    # The directory that holds the previous member's path: tar writers put a
+    # directory's members together, so most members skip the walk from the
+    # root (whose touched marks this layer has already set on the way).
+    last_dir_path: bytes | None = None
+    last_dir: Node = root
     for m in entries:
         if m.path == b"":
             if m.kind == stat.S_IFDIR:
@@ -140,9 +145,16 @@ def apply_layer(root: Node, layer: int, members: Iterable[Member], warn: Callabl
             else:
                 warn(f"layer {layer + 1}: a non-directory entry for the root is ignored")
             continue
-        parent, name = _parent_dir(root, m.path, layer)
+        dir_path, _, name = m.path.rpartition(b"/")
+        if dir_path == last_dir_path:
+            parent = last_dir
+        else:
+            parent, name = _parent_dir(root, m.path, layer)
+            last_dir_path, last_dir = dir_path, parent
         assert parent.children is not None
         existing = parent.children.get(name)
+        if existing is not None and existing.children is not None and m.kind != stat.S_IFDIR:
+            last_dir_path = None  # a directory is replaced: the remembered one may be inside it
         if m.kind == stat.S_IFDIR:
             if existing is not None and existing.children is not None:
                 existing.member, existing.layer = m, layer

@@ -575,3 +575,37 @@ def test_regressions_are_all_accounted_for() -> None:
     for name, info in KNOWN.items():
         assert (ft.REGRESSIONS / name).exists(), name
         assert info.get("bug") in ids and info.get("reason"), name
+
+
+def _scan_outcome(data: bytes, length_known: bool, fast: bool) -> tuple[Any, ...]:
+    """Everything a scan shows: members, warnings, or the error (type and message)."""
+    from imagefs import tarscan
+
+    saved = tarscan._tarfast
+    tarscan._tarfast = saved if fast else None
+    warnings: list[str] = []
+    try:
+        members = list(tarscan.scan(ft.BytesReader(data), len(data) if length_known else None, warnings.append))
+        return ("ok", members, warnings)
+    except TarFormatError as e:
+        return ("error", str(e), warnings)
+    finally:
+        tarscan._tarfast = saved
+
+
+@FUZZ
+@given(data=mutated_layer(), length_known=st.booleans())
+def test_c_scanner_agrees_with_the_python_one(data: bytes, length_known: bool) -> None:
+    """imagefs._tarfast takes runs of plain headers off the Python scanner; on any input,
+    valid or mangled, the two must show the same members, warnings and errors."""
+    from imagefs import tarscan
+
+    if tarscan._tarfast is None:
+        if os.environ.get("IMAGEFS_REQUIRE_C"):
+            raise AssertionError("imagefs._tarfast is not built (IMAGEFS_REQUIRE_C is set)")
+        pytest.skip("imagefs._tarfast is not built here (no C compiler at install time)")
+    with ft.deadline(10):
+        fast = _scan_outcome(data, length_known, fast=True)
+        slow = _scan_outcome(data, length_known, fast=False)
+    event(fast[0])
+    assert fast == slow

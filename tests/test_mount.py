@@ -14,6 +14,7 @@ import random
 import signal
 import stat
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import builder as b
-from conftest import (TIMEOUT, Mounter, assert_one_line_error, is_mounted, mount_entry, process_alive,
+from conftest import (PROJECT_ROOT, TIMEOUT, Mounter, assert_one_line_error, is_mounted, mount_entry, process_alive,
                       processes_for, run_cli, wait_until)
 
 pytestmark = pytest.mark.fuse
@@ -662,3 +663,18 @@ def test_mount_device_reads_escaped_mountinfo(tmp_path: Path) -> None:
 
     assert _unescape_mountinfo(rb"/tmp/a\040b\011c\134d") == b"/tmp/a b\tc\\d"
     assert _unescape_mountinfo(b"/plain") == b"/plain"
+
+
+def test_the_patched_pyfuse3_is_the_one_installed() -> None:
+    """ci/setup.sh builds pyfuse3 with ci/patch_pyfuse3.py; a build that fell back to
+    the stock wheel still works, only slower, so only CI insists."""
+    import pyfuse3
+    from pyfuse3 import _pyfuse3
+
+    level = int(subprocess.run([sys.executable, str(PROJECT_ROOT / "ci" / "patch_pyfuse3.py"), "--level"],
+                               capture_output=True, text=True, check=True).stdout)
+    installed = getattr(_pyfuse3, "IMAGEFS_PATCH", 0)
+    if installed != level and not os.environ.get("IMAGEFS_REQUIRE_C"):
+        pytest.skip(f"pyfuse3 patch level {installed}, ci/patch_pyfuse3.py makes {level}")
+    assert installed == level
+    assert hasattr(pyfuse3, "imagefs_serve")

@@ -26,6 +26,21 @@ from imagefs.tarscan import BLOCK, HARDLINK, Member, scan
 EOA = bytes(2 * BLOCK)  # end-of-archive marker
 
 
+@pytest.fixture(autouse=True, params=["c", "python"])
+def scanner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs twice: with the C run-of-plain-headers parser
+    (imagefs._tarfast) and with the pure-Python scanner alone."""
+    from imagefs import tarscan
+
+    if request.param == "python":
+        monkeypatch.setattr(tarscan, "_tarfast", None)
+    elif tarscan._tarfast is None:
+        if os.environ.get("IMAGEFS_REQUIRE_C"):
+            pytest.fail("imagefs._tarfast is not built (IMAGEFS_REQUIRE_C is set)")
+        pytest.skip("imagefs._tarfast is not built here (no C compiler at install time)")
+    return str(request.param)
+
+
 class PReader:
     """The smallest PReader: positional reads over bytes."""
 
@@ -728,3 +743,43 @@ def test_negative_size_in_pax_record() -> None:
     with pytest.raises(TarFormatError, match="negative size"):
         # islice: with the bug the generator never ends; stop after a few members.
         list(itertools.islice(scan(PReader(data), len(data)), 10))
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_the_c_path_takes_runs_of_plain_headers(scanner: str, fmt: int) -> None:
+    """The C parser must really take the common case (else indexing silently stays slow),
+    and give exactly what the Python scanner gives for it."""
+    from imagefs import tarscan
+
+    if scanner != "c":
+        pytest.skip("about the C path")
+    entries = [dir("./usr"), dir("usr/bin/"), file("usr/bin/tool", b"x" * 700, mode=0o4755, uid=7, gid=8),
+               symlink("usr/bin/t", "../bin/tool"), hardlink("usr/bin/t2", "./usr/bin/tool"),
+               file("a/../b//c/./d", b"dd"), device("dev/null", "char", 1, 3), fifo("run/pipe"),
+               file("p" * 90 + "/" + "n" * 90, b"long ustar name with prefix")]
+    data = layer_tar(entries, fmt=fmt)
+    run, pos = tarscan._tarfast.scan_plain(data, 0, 0, len(data), Member)
+    if fmt == tarfile.USTAR_FORMAT:  # the long name fits name + prefix
+        assert len(run) == len(entries)
+        assert data[pos:pos + BLOCK] == bytes(BLOCK)  # it stopped at the end-of-archive marker
+    else:  # GNU and PAX write the long name as an extended header: Python's
+        assert len(run) == len(entries) - 1
+        assert data[pos + 156:pos + 157] == (b"L" if fmt == tarfile.GNU_FORMAT else b"x")
+    assert members(data)[:len(run)] == run  # the whole scan (C, then Python) agrees
+    paths = [m.path for m in run]
+    assert paths[:6] == [b"usr", b"usr/bin", b"usr/bin/tool", b"usr/bin/t", b"usr/bin/t2", b"b/c/d"]
+    assert run[4].kind == HARDLINK and run[4].linkname == b"usr/bin/tool"
+    assert run[3].linkname == b"../bin/tool" and run[2].mode == 0o4755 and (run[2].uid, run[2].gid) == (7, 8)
+    assert run[6].rdev == os.makedev(1, 3)
+
+
+def test_the_c_path_hands_special_headers_to_python(scanner: str) -> None:
+    from imagefs import tarscan
+
+    if scanner != "c":
+        pytest.skip("about the C path")
+    data = layer_tar([file("a", b"1"), file("b", b"2", xattrs={"user.k": b"v"}), file("c", b"3")])
+    run, pos = tarscan._tarfast.scan_plain(data, 0, 0, len(data), Member)
+    assert [m.path for m in run] == [b"a"]  # the PAX header of b is Python's
+    assert data[pos + 156:pos + 157] == b"x"
+    assert [m.path for m in members(data)] == [b"a", b"b", b"c"]
