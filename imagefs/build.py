@@ -7,6 +7,7 @@ that runs the pipeline.  Everything user-facing that can go wrong here is an
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -189,6 +190,12 @@ class _Builder:
 
     def build(self, dest: str) -> None:
         archive = Archive(self.path, self.outer_state)
+        # The build allocates several objects per member and frees none until
+        # the index is written: the cyclic collector would rescan all of them
+        # over and over (a third of a 300k-file build) to find nothing, since
+        # the tree has no cycles.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
         try:
             root = Node(implicit_dir(b""), -1)
             layer_meta: list[dict[str, Any]] = []
@@ -211,6 +218,8 @@ class _Builder:
             except OSError as e:
                 raise IndexCacheError(f"cannot write index {dest}: {e.strerror or e}") from None
         finally:
+            if gc_was_enabled:
+                gc.enable()
             archive.close()
 
 
