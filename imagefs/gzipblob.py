@@ -8,6 +8,10 @@ inflate (about 3 ms), never a decompression from the start.  The seek points
 are exported next to the index (``<state>.gzidx``), so a later mount does not
 rescan; each costs about 32 KiB on disk and in memory, about 32 MiB per GiB
 of uncompressed layer.
+
+Once the seek points exist, reads that continue where the last one ended
+(``cat``, ``cp``, reading a layer's files in order) inflate on with zlib
+directly instead: twice indexed_gzip's throughput, faster than ``gzip -dc``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import zlib
 
 import indexed_gzip
 
@@ -27,6 +32,27 @@ log = logging.getLogger(__name__)
 
 SPACING = 1 << 20
 _READBUF = 1 << 20
+# Sequential reads (cat, cp, a whole layer in order) inflate with zlib straight
+# on: 2x faster than indexed_gzip's read, which copies through its own buffers.
+# A read up to _AHEAD past the stream's position continues it; others seek.
+_AHEAD = 4 << 20
+_CHUNK = 256 << 10  # compressed bytes per step
+_OUT_MAX = 4 << 20  # decompressed bytes per step, however well the input compresses
+
+
+class _Stream:
+    """zlib inflating a gzip stream from its start, with what it has decompressed
+    but not handed out yet (``buf``, which starts at uncompressed offset ``pos``)."""
+
+    __slots__ = ("inflate", "raw_pos", "tail", "pos", "buf", "ended")
+
+    def __init__(self) -> None:
+        self.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self.raw_pos = 0
+        self.tail = b""  # compressed input not consumed yet
+        self.pos = 0
+        self.buf = bytearray()
+        self.ended = False
 
 
 class GzipBlob:
@@ -42,6 +68,7 @@ class GzipBlob:
         index_file = f"{state}.gzidx" if state else None
         self._gz = self._open(raw, index_file)
         self._imported = False
+        self._stream: _Stream | None = None
         if index_file and os.path.exists(index_file):
             try:
                 self._gz.import_index(filename=index_file)
@@ -62,6 +89,13 @@ class GzipBlob:
         return self._file.pos
 
     def pread(self, n: int, offset: int) -> bytes:
+        # Only once every seek point exists (imported from the cache): reads
+        # that bypass indexed_gzip do not add seek points, so a scan that
+        # builds them must go through it.
+        if self._imported:
+            data = self._read_on(n, offset)
+            if data is not None:
+                return data
         try:
             self._gz.seek(offset)
             return self._gz.read(n)
@@ -69,6 +103,46 @@ class GzipBlob:
             if isinstance(e, OSError) and e.errno is not None:
                 raise
             raise OSError(errno.EIO, f"{self.what}: corrupt gzip data ({e})") from None
+
+    def _read_on(self, n: int, offset: int) -> bytes | None:
+        """``n`` bytes at ``offset`` by inflating on from where the last read
+        ended, or None when that is not the cheap way there."""
+        st = self._stream
+        if st is None or not st.pos <= offset <= st.pos + len(st.buf) + _AHEAD:
+            if offset > _AHEAD:
+                return None
+            st = self._stream = _Stream()
+        try:
+            while st.pos + len(st.buf) < offset + n and not st.ended:
+                self._inflate_step(st)
+                if offset > st.pos + len(st.buf):  # skip what nobody asked for
+                    st.pos += len(st.buf)
+                    st.buf.clear()
+        except zlib.error:
+            # Not a clean single or multi-member stream (trailing garbage, say):
+            # indexed_gzip knows what to make of it, from now on.
+            self._stream = None
+            self._imported = False
+            return None
+        start = offset - st.pos
+        with memoryview(st.buf) as view:
+            data = bytes(view[start:start + n])
+        del st.buf[:start + len(data)]
+        st.pos = offset + len(data)
+        return data
+
+    def _inflate_step(self, st: _Stream) -> None:
+        if not st.tail:
+            st.tail = self._file.blob.pread(_CHUNK, st.raw_pos)
+            st.raw_pos += len(st.tail)
+            if not st.tail:
+                st.ended = True
+                return
+        st.buf += st.inflate.decompress(st.tail, _OUT_MAX)
+        st.tail = st.inflate.unconsumed_tail
+        if st.inflate.eof:  # the end of a gzip member: another may follow
+            st.tail = st.inflate.unused_data + st.tail
+            st.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
 
     def save_state(self) -> None:
         """Export the seek points built so far (atomically) for later mounts."""

@@ -134,3 +134,69 @@ def test_modified_archive_is_reindexed(tmp_path: Path) -> None:
     with ImageTree.open(str(archive), opts) as tree:
         assert not tree.index.from_cache
         _check_reads(tree, 5)
+
+
+# -- gzip: reads that continue the stream ------------------------------------------------------
+
+def _gzip_blob(tmp_path: Path, raw: bytes) -> "GzipBlob":
+    """A GzipBlob as a mount has it: seek points built by one pass, saved, imported."""
+    from imagefs.blobs import FileBlob
+    from imagefs.gzipblob import GzipBlob
+
+    path = tmp_path / "layer.gz"
+    path.write_bytes(raw)
+    state = str(tmp_path / "state")
+    first = GzipBlob(FileBlob(str(path)), "test layer", state)
+    while first.pread(1 << 20, first._gz.tell()):
+        pass
+    first.save_state()
+    blob = GzipBlob(FileBlob(str(path)), "test layer", state)
+    assert blob._imported
+    return blob
+
+
+def test_gzip_sequential_reads_inflate_on(tmp_path: Path) -> None:
+    from imagefs import gzipblob
+
+    blob = _gzip_blob(tmp_path, gzip.compress(LAYER, compresslevel=1, mtime=0))
+    pos, got = 0, bytearray()
+    rnd = random.Random(5)
+    while pos < len(LAYER):
+        gap = rnd.choice([0, 0, 0, 512, 1536])  # tar headers between members
+        n = rnd.choice([4096, 131072, 1 << 20])
+        data = blob.pread(n, pos + gap)
+        assert data == LAYER[pos + gap:pos + gap + n]
+        assert blob._stream is not None, "a sequential read went through indexed_gzip"
+        assert len(blob._stream.buf) <= gzipblob._OUT_MAX + n
+        pos += gap + len(data)
+        got += data
+    assert blob.pread(100, len(LAYER)) == b""
+    # a read far behind or far ahead seeks instead, and is right too
+    assert blob.pread(1000, 10) == LAYER[10:1010]
+    far = len(LAYER) - 5000
+    assert blob.pread(4096, far) == LAYER[far:far + 4096]
+
+
+def test_gzip_stream_crosses_members_and_falls_back_on_trailing_garbage(tmp_path: Path) -> None:
+    half = len(LAYER) // 2
+    two_members = gzip.compress(LAYER[:half], mtime=0) + gzip.compress(LAYER[half:], mtime=0)
+    (tmp_path / "a").mkdir()
+    blob = _gzip_blob(tmp_path / "a", two_members)
+    assert b"".join(blob.pread(1 << 20, off) for off in range(0, len(LAYER), 1 << 20)) == LAYER
+
+    padded = gzip.compress(LAYER, mtime=0) + bytes(4096)  # some writers pad the blob
+    (tmp_path / "b").mkdir()
+    blob = _gzip_blob(tmp_path / "b", padded)
+    assert b"".join(blob.pread(1 << 20, off) for off in range(0, len(LAYER), 1 << 20)) == LAYER
+    assert blob.pread(10, len(LAYER) - 10) == LAYER[-10:]
+
+
+def test_gzip_stream_output_is_bounded_for_a_bomb(tmp_path: Path) -> None:
+    zeros = bytes(64 << 20)
+    blob = _gzip_blob(tmp_path, gzip.compress(zeros, compresslevel=9, mtime=0))
+    from imagefs import gzipblob
+
+    for off in range(0, len(zeros), 2 << 20):  # skips within reach: the stream inflates on
+        assert blob.pread(4096, off) == bytes(4096)
+        assert blob._stream is not None and blob._stream.pos == off + 4096
+        assert len(blob._stream.buf) <= gzipblob._OUT_MAX
