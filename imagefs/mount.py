@@ -123,22 +123,30 @@ def serve(tree: "ImageTree", mountpoint: str, opts: MountOptions, on_ready: Call
         ops = OverlayOperations(Overlay(tree, opts.overlay))
     else:
         ops = ReadOnlyOperations(tree)
+    # From the moment the mount exists until the handlers are in place, a
+    # signal would kill the daemon and leave the mount stale: hold them.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
-        pyfuse3.init(ops, mountpoint, fuse_options(opts))
-    except RuntimeError as e:
-        raise MountError(f"cannot mount {mountpoint}: {e}") from None
-    try:
-        # The read-only handlers never suspend, so with the patched pyfuse3
-        # they run without trio's event loop and its ~100 us per request.
-        if not opts.overlay and hasattr(pyfuse3, "imagefs_serve"):
-            _serve_without_loop(pyfuse3, mountpoint, on_ready)
-        else:
-            _serve_with_trio(pyfuse3, mountpoint, not opts.overlay, on_ready)
+        try:
+            pyfuse3.init(ops, mountpoint, fuse_options(opts))
+        except RuntimeError as e:
+            raise MountError(f"cannot mount {mountpoint}: {e}") from None
+        try:
+            # The read-only handlers never suspend, so with the patched pyfuse3
+            # they run without trio's event loop and its ~100 us per request.
+            if not opts.overlay and hasattr(pyfuse3, "imagefs_serve"):
+                _serve_without_loop(pyfuse3, mountpoint, on_ready, held)
+            else:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+                _serve_with_trio(pyfuse3, mountpoint, not opts.overlay, on_ready)
+        finally:
+            pyfuse3.close(unmount=True)
     finally:
-        pyfuse3.close(unmount=True)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
-def _serve_without_loop(pyfuse3: Any, mountpoint: str, on_ready: Callable[[], None] | None) -> None:
+def _serve_without_loop(pyfuse3: Any, mountpoint: str, on_ready: Callable[[], None] | None,
+                        unblocked: set[signal.Signals]) -> None:
     # Signals reach the loop through the wakeup fd, which the C-level handler
     # writes whichever thread the signal lands on and whatever the loop is
     # doing; relying on EINTR alone loses a signal that arrives between two reads.
@@ -163,9 +171,11 @@ def _serve_without_loop(pyfuse3: Any, mountpoint: str, on_ready: Callable[[], No
     previous = {sig: signal.signal(sig, lambda _s, _f: pyfuse3.imagefs_exit()) for sig in SIGNALS}
     try:
         # From a thread, because the statfs waits for this thread to answer
-        # the kernel's INIT.  Signal handlers are in place before anyone hears
-        # "ready", so a SIGTERM right after `imagefs mount` returns unmounts.
+        # the kernel's INIT; it keeps the signals blocked, so they interrupt
+        # this one.  Handlers are in place before anyone hears "ready", and a
+        # signal held since the mount was made is delivered now.
         threading.Thread(target=announce, name="imagefs-announce", daemon=True).start()
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
         pyfuse3.imagefs_serve(wake_r)
     finally:
         for sig, handler in previous.items():

@@ -19,7 +19,9 @@ import pytest
 import zstandard
 
 from builder import write_tar
-from imagefs import BuildOptions, ImageTree
+from imagefs import BuildOptions, ImageTree, gzipblob
+from imagefs.blobs import FileBlob
+from imagefs.gzipblob import GzipBlob
 
 SIZE = 6 << 20  # spans several gzip seek points (1 MiB) and the zstd rewind limit (8 MiB) with two files
 
@@ -138,11 +140,8 @@ def test_modified_archive_is_reindexed(tmp_path: Path) -> None:
 
 # -- gzip: reads that continue the stream ------------------------------------------------------
 
-def _gzip_blob(tmp_path: Path, raw: bytes) -> "GzipBlob":
+def _gzip_blob(tmp_path: Path, raw: bytes) -> GzipBlob:
     """A GzipBlob as a mount has it: seek points built by one pass, saved, imported."""
-    from imagefs.blobs import FileBlob
-    from imagefs.gzipblob import GzipBlob
-
     path = tmp_path / "layer.gz"
     path.write_bytes(raw)
     state = str(tmp_path / "state")
@@ -156,8 +155,6 @@ def _gzip_blob(tmp_path: Path, raw: bytes) -> "GzipBlob":
 
 
 def test_gzip_sequential_reads_inflate_on(tmp_path: Path) -> None:
-    from imagefs import gzipblob
-
     blob = _gzip_blob(tmp_path, gzip.compress(LAYER, compresslevel=1, mtime=0))
     pos, got = 0, bytearray()
     rnd = random.Random(5)
@@ -194,8 +191,6 @@ def test_gzip_stream_crosses_members_and_falls_back_on_trailing_garbage(tmp_path
 def test_gzip_stream_output_is_bounded_for_a_bomb(tmp_path: Path) -> None:
     zeros = bytes(64 << 20)
     blob = _gzip_blob(tmp_path, gzip.compress(zeros, compresslevel=9, mtime=0))
-    from imagefs import gzipblob
-
     for off in range(0, len(zeros), 2 << 20):  # skips within reach: the stream inflates on
         assert blob.pread(4096, off) == bytes(4096)
         assert blob._stream is not None and blob._stream.pos == off + 4096
