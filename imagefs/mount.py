@@ -81,7 +81,9 @@ def split_o(values: tuple[str, ...]) -> tuple[str, ...]:
 
 def check_mountpoint(path: str) -> str:
     """The absolute mountpoint, or a MountError saying why it cannot be used."""
-    mp = os.path.abspath(path)
+    # Resolved: the kernel mounts on the real directory, and that is the name
+    # /proc/self/mountinfo, umount and the overlay checks see.
+    mp = os.path.realpath(path)
     if is_stale(mp):
         raise MountError(f"{mp} is a stale mount (its daemon died); run: imagefs umount {mp}")
     try:
@@ -252,13 +254,16 @@ def go_live(mountpoint: str, widen_readahead: bool) -> None:
 
 
 def mount_device(mountpoint: str) -> str | None:
-    """``major:minor`` of the topmost mount at ``mountpoint``, from /proc/self/mountinfo."""
+    """``major:minor`` of the topmost mount at ``mountpoint`` (a resolved path), from /proc/self/mountinfo."""
     found = None
+    # Compared as given: realpath would stat the mount root through FUSE and
+    # leave its attributes cached (see is_stale); check_mountpoint resolved it.
+    want = os.fsencode(mountpoint)
     try:
         with open("/proc/self/mountinfo", "rb") as f:
             for line in f:
                 fields = line.split(b" ")
-                if len(fields) > 4 and _unescape_mountinfo(fields[4]) == os.fsencode(mountpoint):
+                if len(fields) > 4 and _unescape_mountinfo(fields[4]) == want:
                     found = fields[2].decode()
     except OSError:
         return None
@@ -459,7 +464,7 @@ def unmount(mountpoint: str, timeout: float = 10.0) -> None:
     Raises:
         MountError: it is not mounted, or it is busy.
     """
-    mp = os.path.abspath(mountpoint)
+    mp = os.path.realpath(mountpoint)
     stale = is_stale(mp)
     if not stale and not os.path.ismount(mp):
         raise MountError(f"{mp} is not mounted")

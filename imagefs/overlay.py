@@ -77,8 +77,9 @@ def check_overlay_dir(path: str, mountpoint: str, shared: bool = False) -> str:
     able to reach it; with ``shared`` (``-o allow_other``: others write
     through the mount) a DIR they can enter is refused.
     """
-    d = os.path.abspath(path)
-    mp = os.path.abspath(mountpoint)
+    # Resolved, so that no symlink hides DIR inside the mountpoint or the reverse.
+    d = os.path.realpath(path)
+    mp = os.path.realpath(mountpoint)
     if d == mp or d.startswith(mp + os.sep):
         raise MountError(f"overlay directory {d} is inside the mountpoint {mp}")
     if mp.startswith(d + os.sep):

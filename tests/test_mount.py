@@ -678,3 +678,24 @@ def test_the_patched_pyfuse3_is_the_one_installed() -> None:
         pytest.skip(f"pyfuse3 patch level {installed}, ci/patch_pyfuse3.py makes {level}")
     assert installed == level
     assert hasattr(pyfuse3, "imagefs_serve")
+
+
+def test_mountpoint_named_through_a_symlink(mounted: Mounter, rich_archive: Path, tmp_path: Path) -> None:
+    """The kernel mounts on the real directory; mount, umount and the overlay
+    checks must all see that one, whatever name the user gave."""
+    real = mounted.new_mountpoint()
+    mounted.track(real)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    r = mounted.run("mount", "--cache-dir", mounted.cache_dir, rich_archive, link)
+    assert r.returncode == 0, r.stderr
+    assert is_mounted(real)
+    assert sorted(os.listdir(link)) == sorted(os.listdir(real)) != []
+    r = mounted.run("umount", link)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert not is_mounted(real)
+
+    # an overlay directory that is the mountpoint under another name is refused
+    r = mounted.run("mount", "--cache-dir", mounted.cache_dir, "--overlay", link, rich_archive, real)
+    assert r.returncode != 0 and "inside the mountpoint" in r.stderr, r.stderr
+    assert not is_mounted(real)
