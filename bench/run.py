@@ -333,7 +333,7 @@ class Bench:
                 spy.stop_spy(proc)
             top = spy.top_functions(raw)
             # The daemon's own CPU time over the wall time: how much of the pass is its code at all
-            # (py-spy counts trio's epoll wait as busy, so its samples overstate that).
+            # (py-spy counts the wait for the next request, in epoll or poll, as busy, so its samples overstate that).
             if s0 is not None and s1 is not None and t.seconds:
                 top["cpu_share"] = round((s1[0] - s0[0]) / t.seconds, 2)
                 top["runq_share"] = round((s1[1] - s0[1]) / t.seconds, 2)
