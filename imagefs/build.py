@@ -7,6 +7,7 @@ that runs the pipeline.  Everything user-facing that can go wrong here is an
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import logging
@@ -190,12 +191,6 @@ class _Builder:
 
     def build(self, dest: str) -> None:
         archive = Archive(self.path, self.outer_state)
-        # The build allocates several objects per member and frees none until
-        # the index is written: the cyclic collector would rescan all of them
-        # over and over (a third of a 300k-file build) to find nothing, since
-        # the tree has no cycles.
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
         try:
             root = Node(implicit_dir(b""), -1)
             layer_meta: list[dict[str, Any]] = []
@@ -218,9 +213,21 @@ class _Builder:
             except OSError as e:
                 raise IndexCacheError(f"cannot write index {dest}: {e.strerror or e}") from None
         finally:
-            if gc_was_enabled:
-                gc.enable()
             archive.close()
+
+
+@contextlib.contextmanager
+def no_cyclic_gc() -> Iterator[None]:
+    """For building a merged tree: several objects per member, none freed until
+    the end.  The cyclic collector would rescan all of them over and over (a
+    third of a 300k-file build) to find nothing, since the tree has no cycles."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +262,8 @@ def build_index(archive_path: str, opts: BuildOptions, dest: str, progress: Prog
     Raises:
         ImageFSError: the archive is not a readable image (IntegrityError with --verify).
     """
-    _Builder(archive_path, opts, progress, state_dir).build(dest)
+    with no_cyclic_gc():
+        _Builder(archive_path, opts, progress, state_dir).build(dest)
 
 
 def open_index(archive_path: str, opts: BuildOptions, progress: Progress | None = None) -> tuple[Index, str | None]:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
 from . import blobs
-from .build import BuildOptions, LayerInfo, scan_layers
+from .build import BuildOptions, LayerInfo, no_cyclic_gc, scan_layers
 from .manifest import Image
 from .merge import Node, apply_layer, find, implicit_dir
 from .paths import parse_whiteout
@@ -94,6 +94,7 @@ def _stream_size(info: LayerInfo, members: list[Member]) -> int:
         pos += len(chunk)
 
 
+@no_cyclic_gc()
 def layer_report(archive_path: str, opts: BuildOptions,
                  progress: Progress | None = None) -> tuple[Image | None, list[LayerStats]]:
     """Replay the layers of an image and describe each (see the module doc)."""
