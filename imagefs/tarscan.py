@@ -37,6 +37,7 @@ __all__ = [
     "Member",
     "PReader",
     "is_tar_header",
+    "parses_in_c",
     "scan",
 ]
 
@@ -58,6 +59,11 @@ _MAX_PATH = 16384
 _MAX_DEPTH = 1024
 # Types whose header is followed by data blocks (everything unknown too, as tar does).
 _NO_DATA = {b"1", b"2", b"3", b"4", b"5", b"6"}
+
+
+def parses_in_c() -> bool:
+    """Whether runs of plain headers are parsed by the C extension."""
+    return _tarfast is not None
 
 
 class PReader(Protocol):
