@@ -42,7 +42,11 @@ INODE = struct.Struct("<IIIIQqQiQQIQIIIIi")
 DIRENT = struct.Struct("<QII")  # name_off name_len ino
 # Positions in a raw INODE record (`Index.record`), for the per-entry hot paths.
 R_MODE, R_UID, R_GID, R_NLINK, R_SIZE, R_MTIME, R_RDEV = range(7)
-R_EXTRA_LEN, R_FIRST, R_COUNT, R_PARENT = 10, 13, 14, 15
+R_EXTRA_OFF, R_EXTRA_LEN, R_XATTR_OFF, R_XATTR_LEN, R_FIRST, R_COUNT, R_PARENT = range(9, 16)
+# Directory records unpacked per step of `Index.entries`: the kernel takes a
+# listing in pieces of a few dozen names, so copying the rest of a 12k-entry
+# directory for each piece would be quadratic.
+_DIRENT_STEP = 128
 ROOT_INO = 1
 _XATTR_LEN = struct.Struct("<II")
 _SPARSE = struct.Struct("<QQ")
@@ -211,7 +215,7 @@ class Index:
     def attr(self, ino: int) -> Attr:
         """The attributes of inode ``ino`` (1 <= ino <= n_inodes)."""
         (mode, uid, gid, nlink, size, mtime_ns, rdev, layer, data_off, _eo, _el, _xo, _xl,
-         first, count, parent, touched) = INODE.unpack_from(self._mm, self._inodes + (ino - 1) * INODE.size)
+         first, count, parent, touched) = self.record(ino)
         return Attr(ino, mode, uid, gid, nlink, size, mtime_ns, rdev, layer, data_off, first, count, parent,
                     touched)
 
@@ -254,31 +258,31 @@ class Index:
         if start >= count:
             return
         mm, pool = self._mm, self._pool
-        lo = self._dirents + (first + start) * DIRENT.size
-        hi = self._dirents + (first + count) * DIRENT.size
-        # One unpack over the directory's records; listings are read in
-        # kernel-buffer-sized pieces, so the generator is rarely run dry.
-        for pos, (off, ln, child) in enumerate(DIRENT.iter_unpack(mm[lo:hi]), start):
-            yield pos, mm[pool + off:pool + off + ln], child
+        base = self._dirents + first * DIRENT.size
+        for step in range(start, count, _DIRENT_STEP):
+            lo = base + step * DIRENT.size
+            hi = base + min(count, step + _DIRENT_STEP) * DIRENT.size
+            for pos, (off, ln, child) in enumerate(DIRENT.iter_unpack(mm[lo:hi]), step):
+                yield pos, mm[pool + off:pool + off + ln], child
 
-    def _extra(self, ino: int) -> bytes:
-        fields = INODE.unpack_from(self._mm, self._inodes + (ino - 1) * INODE.size)
-        start = self._pool + fields[9]
-        return self._mm[start:start + fields[10]]
+    def _extra(self, r: tuple[int, ...]) -> bytes:
+        start = self._pool + r[R_EXTRA_OFF]
+        return self._mm[start:start + r[R_EXTRA_LEN]]
 
     def readlink(self, ino: int) -> bytes:
-        return self._extra(ino)
+        return self._extra(self.record(ino))
 
     def sparse_map(self, ino: int) -> list[tuple[int, int]] | None:
-        fields = INODE.unpack_from(self._mm, self._inodes + (ino - 1) * INODE.size)
-        if not stat.S_ISREG(fields[0]) or fields[10] == 0:
+        r = self.record(ino)
+        if not stat.S_ISREG(r[R_MODE]) or r[R_EXTRA_LEN] == 0:
             return None
-        raw = self._extra(ino)
+        raw = self._extra(r)
         return [_SPARSE.unpack_from(raw, i) for i in range(1, len(raw), _SPARSE.size)]
 
     def xattrs(self, ino: int) -> dict[bytes, bytes]:
-        fields = INODE.unpack_from(self._mm, self._inodes + (ino - 1) * INODE.size)
-        start, end = self._pool + fields[11], self._pool + fields[11] + fields[12]
+        r = self.record(ino)
+        start = self._pool + r[R_XATTR_OFF]
+        end = start + r[R_XATTR_LEN]
         out = {}
         pos = start
         while pos < end:

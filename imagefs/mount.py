@@ -207,7 +207,7 @@ def _serve_with_trio(pyfuse3: Any, mountpoint: str, widen_readahead: bool,
             await nursery.start(on_signals)
 
             async def announce() -> None:
-                # From a thread, because the stat waits for this loop to answer
+                # From a thread, because the statfs waits for this loop to answer
                 # the kernel's INIT: "ready" means the mount answers requests.
                 await trio.to_thread.run_sync(go_live, mountpoint, widen_readahead)
                 if on_ready is not None:

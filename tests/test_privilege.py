@@ -6,8 +6,8 @@ running a small probe script that reports the errno of each access.  Their
 mountpoints live in a world-traversable directory of their own under /tmp
 (pytest's tmp_path is 0700, which would hide the mount from them anyway).
 
-``test_overlay_dir_grants_no_setuid_or_device_access`` is an ``xfail(strict=True)``
-that shows a bug: an overlay's DIR hands other users what nosuid,nodev deny them.
+``test_overlay_dir_grants_no_setuid_or_device_access`` checks that an overlay's DIR
+does not hand other users what nosuid,nodev deny them (DIR is created 0700).
 """
 
 from __future__ import annotations
@@ -312,15 +312,6 @@ def test_overlay_with_allow_other_checks_writes_too(mounted: Mounter, priv_archi
     assert os.stat(ov / "etc/nobodys").st_uid == NOBODY
 
 
-_OVERLAY_SUID_BUG = (
-    "BUG: --overlay DIR defeats nosuid,nodev: DIR is created 0755 and a copy-up keeps setuid/setgid "
-    "bits (chown then chmod) and re-creates device nodes (mknod) in DIR, on a file system that is "
-    "neither nosuid nor nodev; a non-root user of an allow_other overlay mount renames an image's "
-    "setuid-root program (or device node) in a world-writable image directory, which copies it up, "
-    "then runs DIR/pub/suid-id.moved from the host path with euid 0 (or opens the device)"
-)
-
-
 def test_overlay_dir_grants_no_setuid_or_device_access(mounted: Mounter, priv_archive: Path,
                                                        public_dir: Path) -> None:
     ov = public_dir / "overlay"  # where a user would put it: beside the mountpoint, parents 0755
@@ -333,6 +324,7 @@ def test_overlay_dir_grants_no_setuid_or_device_access(mounted: Mounter, priv_ar
     assert res[0]["ok"] and res[0]["value"] == str(NOBODY), res
     assert _errno_name(res[1]) == "EACCES", res
     # ...and so must be what the overlay keeps in DIR, as other users reach it on the host.
+    assert os.path.lexists(ov / "pub/suid-id.moved") and os.path.lexists(ov / "pub/null-dev.moved")
     res = as_user(NOBODY, [("exec-euid", ov / "pub/suid-id.moved"), ("write", ov / "pub/null-dev.moved")])
     assert not (res[0]["ok"] and res[0]["value"] == "0"), \
         f"nobody ran {ov}/pub/suid-id.moved (a setuid-root program of the image) with euid 0"
