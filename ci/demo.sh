@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash ci/setup.sh
 mnt=$(mktemp -d /tmp/imagefs-demo.XXXXXX)
-trap '.venv/bin/imagefs umount "$mnt" 2>/dev/null; rmdir "$mnt"' EXIT
+trap '.venv/bin/imagefs umount "$mnt" 2>/dev/null || true; rmdir "$mnt"' EXIT
 .venv/bin/imagefs images examples/sample.tar
 .venv/bin/imagefs mount examples/sample.tar "$mnt"
 echo "== findmnt"; findmnt "$mnt" || true

@@ -185,14 +185,16 @@ except PackageNotFoundError:
 ]
 
 MARKER = ("\n# Added by imagefs' ci/patch_pyfuse3.py (see there for what each level adds).\n"
-          "IMAGEFS_READ_INO = True\nIMAGEFS_PATCH = %d\n" % LEVEL)
+          "IMAGEFS_PATCH = %d\n" % LEVEL)
 
 
 def main(src: str) -> None:
     root = pathlib.Path(src)
     texts: dict[str, str] = {}
     for rel, old, new in HUNKS:
-        text = texts.setdefault(rel, (root / rel).read_text())
+        if rel not in texts:
+            texts[rel] = (root / rel).read_text()
+        text = texts[rel]
         if text.count(old) != 1:
             sys.exit(f"patch_pyfuse3: {rel} is not what this patch expects (a hunk matches "
                      f"{text.count(old)} times; already patched, or another pyfuse3 version?)")

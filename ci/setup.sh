@@ -27,7 +27,7 @@ PYFUSE3_VERSION=3.5.0
 PATCH_LEVEL=$(python3 ci/patch_pyfuse3.py --level)
 if ! .venv/bin/python -c "import pyfuse3._pyfuse3 as p; assert p.IMAGEFS_PATCH == $PATCH_LEVEL" 2>/dev/null; then
   src=$(mktemp -d)
-  if .venv/bin/python -m pip download -q --no-deps --no-binary :all: -d "$src" "pyfuse3==$PYFUSE3_VERSION" \
+  if .venv/bin/python -m pip download -q --no-deps --no-binary pyfuse3 -d "$src" "pyfuse3==$PYFUSE3_VERSION" \
      && tar -xzf "$src/pyfuse3-$PYFUSE3_VERSION.tar.gz" -C "$src" \
      && .venv/bin/python ci/patch_pyfuse3.py "$src/pyfuse3-$PYFUSE3_VERSION" \
      && .venv/bin/python -m pip install -q --force-reinstall --no-deps "$src/pyfuse3-$PYFUSE3_VERSION"; then

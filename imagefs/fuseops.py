@@ -41,7 +41,7 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 try:
     from pyfuse3 import _pyfuse3 as _pyfuse3_py
 
-    NO_OPEN = bool(getattr(_pyfuse3_py, "IMAGEFS_READ_INO", False))
+    NO_OPEN = getattr(_pyfuse3_py, "IMAGEFS_PATCH", 0) >= 1
     # Patch level 3: readdir gets the inode too, so opendir can answer ENOSYS and the
     # kernel stops sending OPENDIR/RELEASEDIR (and keeps listings): a second `find`
     # over an image runs as fast as over a local disk.
