@@ -4,7 +4,9 @@
 of a ``with`` block, whatever happened) removes each with ``fusermount3 -u``,
 then ``-uz`` if that fails, and waits for the daemon it started to exit;
 only a daemon of its own that outlives a lazy unmount is signalled, by pid.
-Mounts it did not make are never touched.
+Mounts it did not make are never touched.  Those steps are functions of their
+own (`daemon_pids`, `fusermount_unmount`, `reap_daemon`) for ``stress.py``,
+which mounts with options `Mounts` does not offer.
 
 The daemons are found by their command lines in ``/proc`` (what ``pgrep -f``
 reads): an imagefs daemon started as a fresh interpreter carries its
@@ -26,7 +28,10 @@ from typing import Callable
 
 from tools import Tools
 
-__all__ = ["BenchError", "Mounted", "Mounts", "clear_stale", "is_mounted", "reset_dir", "rss_of", "sched_times"]
+__all__ = [
+    "BenchError", "Mounted", "Mounts", "clear_stale", "daemon_pids", "fusermount_unmount", "is_mounted",
+    "reap_daemon", "reset_dir", "rss_of", "sched_times",
+]
 
 MOUNT_TIMEOUT = 900.0
 _IMAGEFS_DAEMON = "from imagefs.mount import daemon_main; daemon_main()"
@@ -96,11 +101,16 @@ def _serves(kind: str, argv: list[str], mp: str) -> bool:
     return any("ratarmount" in a for a in argv[:2]) and mp in argv
 
 
+def daemon_pids(kind: str, mp: str) -> list[int]:
+    """The live processes (this one aside) serving ``mp`` as ``kind`` ("imagefs" or "ratarmount")."""
+    mp = os.path.abspath(mp)
+    return [pid for pid, argv in _cmdlines().items()
+            if pid != os.getpid() and _serves(kind, argv, mp) and _alive(pid)]
+
+
 def _find_daemon(kind: str, mp: str) -> int | None:
-    for pid, argv in _cmdlines().items():
-        if pid != os.getpid() and _serves(kind, argv, mp):
-            return pid
-    return None
+    pids = daemon_pids(kind, mp)
+    return pids[0] if pids else None
 
 
 def _alive(pid: int) -> bool:
@@ -214,28 +224,10 @@ class Mounts:
         return m
 
     def _fusermount(self, mp: str) -> None:
-        for attempt in range(6):
-            r = subprocess.run([self.tools.fusermount, "-u", mp], capture_output=True, text=True)
-            if r.returncode == 0 or not is_mounted(mp):
-                return
-            time.sleep(0.5 * (attempt + 1))  # busy: a reader we started may still be exiting
-        self.log(f"fusermount -u {mp} failed ({r.stderr.strip()}); unmounting lazily")
-        subprocess.run([self.tools.fusermount, "-uz", mp], capture_output=True, text=True)
+        fusermount_unmount(mp, self.tools.fusermount, self.log)
 
     def _reap(self, pid: int) -> None:
-        """Wait for a daemon we started to exit; signal it (by pid) only if it will not."""
-        for sig, wait in ((None, 20.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            if sig is not None:
-                self.log(f"daemon {pid} did not exit after unmount: sending {sig.name}")
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    return
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                if not _alive(pid):
-                    return
-                time.sleep(0.02)
+        reap_daemon(pid, self.log)
 
     def unmount(self, mp: str) -> None:
         mp = os.path.abspath(mp)
@@ -252,6 +244,33 @@ class Mounts:
                 self.unmount(mp)
             except Exception as e:  # keep going: every mount must go
                 self.log(f"cannot unmount {mp}: {e}")
+
+
+def fusermount_unmount(mp: str, fusermount: str, log: Callable[[str], None]) -> None:
+    """``fusermount -u mp``, retried while the mount is busy, then ``-uz`` (logged) if it still fails."""
+    for attempt in range(6):
+        r = subprocess.run([fusermount, "-u", mp], capture_output=True, text=True)
+        if r.returncode == 0 or not is_mounted(mp):
+            return
+        time.sleep(0.5 * (attempt + 1))  # busy: a reader we started may still be exiting
+    log(f"fusermount -u {mp} failed ({r.stderr.strip()}); unmounting lazily")
+    subprocess.run([fusermount, "-uz", mp], capture_output=True, text=True)
+
+
+def reap_daemon(pid: int, log: Callable[[str], None]) -> None:
+    """Wait for a daemon we started to exit; signal it (by pid, logged) only if it will not."""
+    for sig, wait in ((None, 20.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        if sig is not None:
+            log(f"daemon {pid} did not exit after unmount: sending {sig.name}")
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return
+            time.sleep(0.02)
 
 
 def clear_stale(root: str, tools: Tools, log: Callable[[str], None]) -> None:

@@ -37,11 +37,9 @@ from __future__ import annotations
 import argparse
 import errno
 import hashlib
-import json
 import os
 import random
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -50,6 +48,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from mounts import daemon_pids, fusermount_unmount, is_mounted, reap_daemon, rss_of  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent.parent
 CORPUS = PROJECT.parent / "shared" / "corpus"
@@ -110,48 +112,6 @@ def oracle_for(archive: Path) -> Path:
 # -- mounting ----------------------------------------------------------------------------------------
 
 
-def mounted_at(mp: str) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            target = line.split(" ")[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-            if target == mp:
-                return True
-    return False
-
-
-def daemon_pids(mp: str) -> list[int]:
-    """The daemon of ``mp``: a fresh interpreter (its JSON request names the mountpoint) or
-    a fork of ``imagefs mount ... MP`` (which keeps that command line)."""
-    needle = f'"mountpoint": {json.dumps(mp)}'.encode()
-    me = os.getpid()
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == me:
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        mine = any(needle in a for a in argv) or (
-            b"mount" in argv and os.fsencode(mp) in argv and b"umount" not in argv
-            and any(b"imagefs" in a or b"cli.py" in a for a in argv))
-        if mine and _alive(int(d)):
-            pids.append(int(d))
-    return pids
-
-
-def rss_kib(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 class MountFailed(Exception):
     pass
 
@@ -164,47 +124,32 @@ def mount(archive: Path, mp: str, cache: str, overlay: str | None, log: str) -> 
                        stdin=subprocess.DEVNULL)
     if r.returncode != 0:
         raise MountFailed(f"mount failed ({r.returncode}): {r.stderr.strip()}")
-    pids = daemon_pids(mp)
+    pids = daemon_pids("imagefs", mp)
     if len(pids) != 1:
         raise MountFailed(f"mount exited 0 but there is not one daemon for {mp}: {pids} "
-                          f"(mounted: {mounted_at(mp)})")
+                          f"(mounted: {is_mounted(mp)})")
     return pids[0]
 
 
 def unmount(mp: str) -> list[str]:
-    """Unmount ``mp`` by ever stronger means and end its daemon; what went wrong, if anything."""
-    problems = []
-    pids = daemon_pids(mp)
-    for cmd in ([*CLI, "umount", mp], ["fusermount3", "-u", mp], ["fusermount3", "-uz", mp]):
-        if not mounted_at(mp):
-            break
+    """Unmount ``mp`` with ``imagefs umount``, else fusermount3, and end its daemon; what went wrong, if anything."""
+    problems: list[str] = []
+    pids = daemon_pids("imagefs", mp)
+    if is_mounted(mp):
+        cmd = [*CLI, "umount", mp]
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
             if r.returncode != 0:
                 problems.append(f"{' '.join(cmd[-3:])}: {r.stderr.strip()}")
         except subprocess.TimeoutExpired:
             problems.append(f"{cmd[-2]} timed out")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") and _alive(p) for p in pids):
-        time.sleep(0.1)
-    for p in pids:
-        if _alive(p):
-            problems.append(f"daemon {p} outlived its mount; killed")
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    if mounted_at(mp):
+    if is_mounted(mp):
+        fusermount_unmount(mp, "fusermount3", problems.append)
+    for pid in pids:
+        reap_daemon(pid, problems.append)
+    if is_mounted(mp):
         problems.append(f"{mp} is still mounted")
     return problems
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
 
 
 # -- the work -----------------------------------------------------------------------------------------
@@ -251,7 +196,7 @@ class Stress:
         self.stop = threading.Event()
         self.counters: list[Counters] = []
         self.lock = threading.Lock()
-        self.rss: list[tuple[float, int]] = []
+        self.rss: list[tuple[float, float]] = []  # (seconds, VmRSS in MB)
         self.runs: dict[str, list[float]] = {}
         self.writer_ops: dict[str, int] = {}
         self.writer_files: list[dict[str, bytes]] = []
@@ -386,7 +331,10 @@ class Stress:
     def rss_loop(self, pid: int) -> None:
         t0 = time.monotonic()
         while not self.stop.wait(1.0):
-            v = rss_kib(pid)
+            try:
+                v = rss_of(pid).get("VmRSS")
+            except OSError:  # the daemon is gone
+                continue
             if v is not None:
                 self.rss.append((time.monotonic() - t0, v))
 
@@ -492,8 +440,8 @@ class Stress:
 # -- main ------------------------------------------------------------------------------------------------------
 
 
-def mib(kib: float) -> str:
-    return f"{kib / 1024:.1f} MiB"
+def mib(mb: float) -> str:
+    return f"{mb * 1e6 / 2**20:.1f} MiB"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -572,7 +520,7 @@ def run(args: argparse.Namespace) -> int:
                 daemon_log = f.read().splitlines()
         except OSError:
             daemon_log = []
-        if not args.keep and not mounted_at(mp):
+        if not args.keep and not is_mounted(mp):
             shutil.rmtree(work, ignore_errors=True)
         elif args.keep:
             print(f"stress: kept {work}")
