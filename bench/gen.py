@@ -36,8 +36,9 @@ import random
 import struct
 import tarfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator, Mapping
+from typing import BinaryIO, Callable, Iterable, Iterator, Mapping
 
 __all__ = [
     "NEEDLE", "Entry", "bigfile_name", "binary_pool", "build_bigfile_image", "build_gzip_image",
@@ -364,39 +365,58 @@ def _fresh(desc_path: str, params: Mapping[str, object]) -> dict[str, object] | 
 def _publish(desc_path: str, desc: dict[str, object]) -> dict[str, object]:
     """Write the description (file names only, so the work directory can move) atomically."""
     stored = {k: os.path.basename(v) if k.endswith("_path") and isinstance(v, str) else v for k, v in desc.items()}
-    tmp = desc_path + ".tmp"
-    with open(tmp, "w") as f:
+    with _atomic(desc_path) as tmp, open(tmp, "w") as f:
         json.dump(stored, f, indent=1)
-    os.replace(tmp, desc_path)
     return _resolve(stored, os.path.dirname(desc_path))
+
+
+@contextmanager
+def _atomic(path: str) -> Iterator[str]:
+    """A temporary name to write ``path`` under; renamed to ``path`` only if the block succeeds.
+
+    A run killed half way leaves a stray ``.tmp``, never a truncated file under the real name.
+    """
+    tmp = path + ".tmp"
+    yield tmp
+    os.replace(tmp, path)
+
+
+def _cached(workdir: str, name: str, params: Mapping[str, object],
+            build: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """The description of image ``name`` in ``workdir``: the stored one if it was made with
+    ``params`` and its files are there, else ``build()``'s (which writes them), published."""
+    desc_path = os.path.join(workdir, f"{name}.json")
+    if (desc := _fresh(desc_path, params)) is not None:
+        return desc
+    return _publish(desc_path, {"params": params, **build()})
 
 
 def build_tree_image(workdir: str, n: int) -> dict[str, object]:
     """The ``n``-file single-layer image: ``archive_path`` (docker-save) and ``layer_path`` (its tar)."""
     name = f"tree-{n}"
-    params = {"version": GENERATOR_VERSION, "n": n, "seed": SEED}
-    desc_path = os.path.join(workdir, f"{name}.json")
-    if (desc := _fresh(desc_path, params)) is not None:
-        return desc
+    return _cached(workdir, name, {"version": GENERATOR_VERSION, "n": n, "seed": SEED},
+                   lambda: _write_tree_image(workdir, name, n))
+
+
+def _write_tree_image(workdir: str, name: str, n: int) -> dict[str, object]:
     entries = tree_entries(n)
     layer = os.path.join(workdir, f"{name}.layer.tar")
-    with open(layer + ".tmp", "wb") as f:
+    with _atomic(layer) as tmp, open(tmp, "wb") as f:
         counts = _write_small_layer(f, entries)
-    os.replace(layer + ".tmp", layer)
     archive = os.path.join(workdir, f"{name}.docker.tar")
-    _write_docker_archive(archive + ".tmp", [layer], f"bench/tree-{n}:latest")
-    os.replace(archive + ".tmp", archive)
-    return _publish(desc_path, {"params": params, "archive_path": archive, "layer_path": layer,
-                                "members": len(entries), "counts": counts})
+    with _atomic(archive) as tmp:
+        _write_docker_archive(tmp, [layer], f"bench/tree-{n}:latest")
+    return {"archive_path": archive, "layer_path": layer, "members": len(entries), "counts": counts}
 
 
 def build_layered_image(workdir: str, n: int, layers: int) -> dict[str, object]:
     """The files of `build_tree_image` (same ``n``) split over ``layers`` layers."""
     name = f"tree-{n}-x{layers}"
-    params = {"version": GENERATOR_VERSION, "n": n, "layers": layers, "seed": SEED}
-    desc_path = os.path.join(workdir, f"{name}.json")
-    if (desc := _fresh(desc_path, params)) is not None:
-        return desc
+    return _cached(workdir, name, {"version": GENERATOR_VERSION, "n": n, "layers": layers, "seed": SEED},
+                   lambda: _write_layered_image(workdir, name, n, layers))
+
+
+def _write_layered_image(workdir: str, name: str, n: int, layers: int) -> dict[str, object]:
     entries = [e for e in tree_entries(n) if e.kind != "d"]
     per = -(-len(entries) // layers)
     tmpdir = os.path.join(workdir, f"{name}.layers.tmp")
@@ -415,12 +435,12 @@ def build_layered_image(workdir: str, n: int, layers: int) -> dict[str, object]:
             total[k] += v
         paths.append(p)
     archive = os.path.join(workdir, f"{name}.docker.tar")
-    _write_docker_archive(archive + ".tmp", paths, f"bench/{name}:latest")
-    os.replace(archive + ".tmp", archive)
+    with _atomic(archive) as tmp:
+        _write_docker_archive(tmp, paths, f"bench/{name}:latest")
     for p in paths:
         os.unlink(p)
     os.rmdir(tmpdir)
-    return _publish(desc_path, {"params": params, "archive_path": archive, "layers": layers, "counts": total})
+    return {"archive_path": archive, "layers": layers, "counts": total}
 
 
 def bigfile_name() -> str:
@@ -430,29 +450,28 @@ def bigfile_name() -> str:
 def build_bigfile_image(workdir: str, size: int) -> dict[str, object]:
     """One layer with a ``size``-byte binary-like file; records where its bytes sit in the archive."""
     name = f"bigfile-{size >> 20}m"
-    params = {"version": GENERATOR_VERSION, "size": size, "seed": SEED}
-    desc_path = os.path.join(workdir, f"{name}.json")
-    if (desc := _fresh(desc_path, params)) is not None:
-        return desc
+    return _cached(workdir, name, {"version": GENERATOR_VERSION, "size": size, "seed": SEED},
+                   lambda: _write_bigfile_image(workdir, name, size))
+
+
+def _write_bigfile_image(workdir: str, name: str, size: int) -> dict[str, object]:
     pool = _Pool()
     rng = random.Random(SEED + 1)
     layer = os.path.join(workdir, f"{name}.layer.tar")
-    with tarfile.open(layer + ".tmp", "w", format=tarfile.PAX_FORMAT) as tar:
+    with _atomic(layer) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         for d in ("opt", "opt/bench", "opt/bench/data"):
             tar.addfile(_info(d, "d", 0o755))
         _add_bytes(tar, "opt/bench/README", b"a large file for the cat benchmark\n")
         tar.addfile(_info(bigfile_name(), "f", 0o644, size), _ChunkReader(pool.chunks(rng, size)))
-    os.replace(layer + ".tmp", layer)
     archive = os.path.join(workdir, f"{name}.docker.tar")
-    _write_docker_archive(archive + ".tmp", [layer], f"bench/{name}:latest")
-    os.replace(archive + ".tmp", archive)
+    with _atomic(archive) as tmp:
+        _write_docker_archive(tmp, [layer], f"bench/{name}:latest")
     with tarfile.open(layer) as t:
         inner = t.getmember(bigfile_name()).offset_data
     with tarfile.open(archive) as t:
         outer = next(m for m in t.getmembers() if m.name.endswith("/layer.tar")).offset_data
-    return _publish(desc_path, {"params": params, "archive_path": archive, "layer_path": layer,
-                                "member": bigfile_name(), "size": size, "offset_in_archive": outer + inner,
-                                "offset_in_layer": inner})
+    return {"archive_path": archive, "layer_path": layer, "member": bigfile_name(), "size": size,
+            "offset_in_archive": outer + inner, "offset_in_layer": inner}
 
 
 def _deflate_block(args: tuple[bytes, bytes, bool, int]) -> bytes:
@@ -524,10 +543,11 @@ class _ParallelGzip(io.RawIOBase):
 def build_gzip_image(workdir: str, size: int) -> dict[str, object]:
     """An oci-archive with one ``tar+gzip`` layer of binary-like files totalling about ``size`` bytes."""
     name = f"gzip-{size >> 20}m"
-    params = {"version": GENERATOR_VERSION, "size": size, "seed": SEED}
-    desc_path = os.path.join(workdir, f"{name}.json")
-    if (desc := _fresh(desc_path, params)) is not None:
-        return desc
+    return _cached(workdir, name, {"version": GENERATOR_VERSION, "size": size, "seed": SEED},
+                   lambda: _write_gzip_image(workdir, name, size))
+
+
+def _write_gzip_image(workdir: str, name: str, size: int) -> dict[str, object]:
     pool = _Pool()
     rng = random.Random(SEED + 2)
     files: list[tuple[str, int]] = []
@@ -542,7 +562,7 @@ def build_gzip_image(workdir: str, size: int) -> dict[str, object]:
     entries = _with_dirs(Entry(p, "f", 0o755) for p, _ in files)
     sizes = dict(files)
     layer_gz = os.path.join(workdir, f"{name}.layer.tar.gz")
-    with open(layer_gz + ".tmp", "wb") as raw:
+    with _atomic(layer_gz) as tmp, open(tmp, "wb") as raw:
         with _ParallelGzip(raw) as hashing:
             with tarfile.open(fileobj=hashing, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                 for e in entries:
@@ -551,7 +571,6 @@ def build_gzip_image(workdir: str, size: int) -> dict[str, object]:
                     else:
                         tar.addfile(_info(e.path, "f", e.mode, sizes[e.path]),
                                     _ChunkReader(pool.chunks(rng, sizes[e.path])))
-    os.replace(layer_gz + ".tmp", layer_gz)
     diff_id = hashing.sha.hexdigest()
     uncompressed = hashing.n
     blob = _sha256_file(layer_gz)
@@ -568,7 +587,7 @@ def build_gzip_image(workdir: str, size: int) -> dict[str, object]:
         "digest": f"sha256:{hashlib.sha256(manifest).hexdigest()}", "size": len(manifest),
         "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}).encode()
     archive = os.path.join(workdir, f"{name}.oci.tar")
-    with tarfile.open(archive + ".tmp", "w", format=tarfile.PAX_FORMAT) as tar:
+    with _atomic(archive) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         for d in ("blobs", "blobs/sha256"):
             tar.addfile(_info(d, "d", 0o755))
         _add_bytes(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
@@ -576,8 +595,6 @@ def build_gzip_image(workdir: str, size: int) -> dict[str, object]:
         _add_bytes(tar, f"blobs/sha256/{hashlib.sha256(manifest).hexdigest()}", manifest)
         _add_bytes(tar, f"blobs/sha256/{hashlib.sha256(config).hexdigest()}", config)
         _add_file(tar, f"blobs/sha256/{blob}", layer_gz)
-    os.replace(archive + ".tmp", archive)
     ordered = [(e.path, sizes[e.path]) for e in entries if e.kind == "f"]
-    return _publish(desc_path, {"params": params, "archive_path": archive, "layer_path": layer_gz,
-                                "files": ordered, "file_bytes": total, "uncompressed": uncompressed,
-                                "compressed": os.path.getsize(layer_gz)})
+    return {"archive_path": archive, "layer_path": layer_gz, "files": ordered, "file_bytes": total,
+            "uncompressed": uncompressed, "compressed": os.path.getsize(layer_gz)}
