@@ -146,6 +146,14 @@ class Bench:
         self.log(f"  {key}: {t.seconds:.3f}s{flag}")
         return t
 
+    def workload(self, what: str, root: str) -> wl.Timing:
+        """One pass of ``what`` over ``root``: ``find`` (-printf), ``ls`` (-lR) or ``grep`` (-r NEEDLE)."""
+        if what == "find":
+            return wl.find_printf(root, self.s.cap)
+        if what == "ls":
+            return wl.ls_lr(root, self.s.cap)
+        return wl.grep_r(root, gen.NEEDLE, self.s.cap)
+
     def passes(self, prefix: str, root: str, what: tuple[str, ...], pid: int | None = None) -> None:
         """First and second pass of each workload in ``what`` over ``root``.
 
@@ -159,12 +167,7 @@ class Bench:
         for w in what:
             for n in (1, 2):
                 s0 = sched_times(pid) if pid else None
-                if w == "find":
-                    t = wl.find_printf(root, self.s.cap)
-                elif w == "ls":
-                    t = wl.ls_lr(root, self.s.cap)
-                else:
-                    t = wl.grep_r(root, gen.NEEDLE, self.s.cap)
+                t = self.workload(w, root)
                 self.timed(f"{prefix}.{w}{n}", t)
                 s1 = sched_times(pid) if pid else None
                 if s0 is not None and s1 is not None:
@@ -326,8 +329,7 @@ class Bench:
             proc = spy.spy_pid(self.tools.py_spy, raw, pid)
             s0 = sched_times(pid)
             try:
-                t = (wl.find_printf(mp, self.s.cap) if what == "find" else wl.ls_lr(mp, self.s.cap) if what == "ls"
-                     else wl.grep_r(mp, gen.NEEDLE, self.s.cap))
+                t = self.workload(what, mp)
             finally:
                 s1 = sched_times(pid)
                 spy.stop_spy(proc)
