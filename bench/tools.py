@@ -69,7 +69,7 @@ def _peer_venv(workdir: str, log: Callable[[str], None]) -> str:
 
 def find_tools(workdir: str, imagefs_override: str | None, log: Callable[[str], None]) -> Tools:
     """Everything needed, installing the peer's venv if missing; exits with a reason if impossible."""
-    for tool in ("tar", "gzip", "find", "ls", "grep", "cat", "dd", "pgrep"):
+    for tool in ("tar", "gzip", "find", "ls", "grep", "cat", "dd"):
         if shutil.which(tool) is None:
             sys.exit(f"bench: {tool} is not installed")
     fusermount = shutil.which("fusermount3") or shutil.which("fusermount")
