@@ -758,13 +758,13 @@ def test_the_c_path_takes_runs_of_plain_headers(scanner: str, fmt: int, monkeypa
                file("a/../b//c/./d", b"dd"), device("dev/null", "char", 1, 3), fifo("run/pipe"),
                file("p" * 90 + "/" + "n" * 90, b"long ustar name with prefix")]
     data = layer_tar(entries, fmt=fmt)
-    run, pos = tarscan._tarfast.scan_plain(data, 0, 0, len(data), Member)
-    if fmt == tarfile.USTAR_FORMAT:  # the long name fits name + prefix
+    run, pos, _short = tarscan._tarfast.scan_plain(data, 0, 0, len(data), Member)
+    if fmt != tarfile.GNU_FORMAT:  # the long name fits name + prefix, or is a PAX path: C's
         assert len(run) == len(entries)
         assert data[pos:pos + BLOCK] == bytes(BLOCK)  # it stopped at the end-of-archive marker
-    else:  # GNU and PAX write the long name as an extended header: Python's
+    else:  # GNU writes the long name as an extended header: Python's
         assert len(run) == len(entries) - 1
-        assert data[pos + 156:pos + 157] == (b"L" if fmt == tarfile.GNU_FORMAT else b"x")
+        assert data[pos + 156:pos + 157] == b"L"
     monkeypatch.setattr(tarscan, "_tarfast", None)
     assert members(data)[:len(run)] == run  # what the Python scanner alone makes of the same bytes
     paths = [m.path for m in run]
@@ -780,10 +780,68 @@ def test_the_c_path_hands_special_headers_to_python(scanner: str, monkeypatch: p
     if scanner != "c":
         pytest.skip("about the C path")
     data = layer_tar([file("a", b"1"), file("b", b"2", xattrs={"user.k": b"v"}), file("c", b"3")])
-    run, pos = tarscan._tarfast.scan_plain(data, 0, 0, len(data), Member)
+    run, pos, _short = tarscan._tarfast.scan_plain(data, 0, 0, len(data), Member)
     assert [m.path for m in run] == [b"a"]  # the PAX header of b is Python's
     assert data[pos + 156:pos + 157] == b"x"
     with_c = members(data)
     assert [m.path for m in with_c] == [b"a", b"b", b"c"]
+    monkeypatch.setattr(tarscan, "_tarfast", None)
+    assert members(data) == with_c
+
+
+def _scan_outcome(data: bytes) -> tuple[list[Member] | str, list[str]]:
+    """Members and warnings, or the error's message and the warnings before it."""
+    warnings: list[str] = []
+    try:
+        return members(data, warnings=warnings), warnings
+    except TarFormatError as e:
+        return str(e), warnings
+
+
+@pytest.mark.parametrize("records", [
+    [(b"path", b"x" * 300), (b"mtime", b"1700000000.123456789"), (b"uid", b"70000"), (b"gid", b"0009")],
+    [(b"mtime", b"1.5")], [(b"mtime", b".5")], [(b"mtime", b"1.")], [(b"mtime", b"+1")], [(b"mtime", b"-1.25")],
+    [(b"mtime", b"1.1234567891234")], [(b"mtime", b"1.12345678x9")], [(b"mtime", b"1.1234x")],
+    [(b"mtime", b"9223372035.999999999")], [(b"mtime", b"9223372036.854775808")], [(b"mtime", b"1e3")],
+    [(b"mtime", "1.\u0661".encode())], [(b"size", b" 2")], [(b"size", b"1_0")], [(b"size", b"")],
+    [(b"size", b"1234567890123456789012")], [(b"uid", b"4294967296")], [(b"uid", b"+5")],
+    [(b"path", b"")], [(b"path", b"a\0b")], [(b"path", b"../../x/./y/")], [(b"path", b"p/" * 1100 + b"f")],
+    [(b"path", b"q" * 20000)], [(b"path", b"./" * 20000 + b"r")], [(b"linkpath", b"/abs/../target")],
+    [(b"linkpath", b"..")], [(b"linkpath", b"t\0")],
+    [(b"atime", b"1.5"), (b"ctime", b"x"), (b"comment", b"hi"), (b"uname", b"")],
+    [(b"path", b"first"), (b"path", b"second")], [(b"SCHILY.devmajor", b"1")], [(b"GNU.sparse.major", b"0")],
+    [(b"SCHILY.xattr.user.a", b"v")], [(b"LIBARCHIVE.xattr.user.b", b"dg==")], [(b"key=with", b"equals=")],
+])
+@pytest.mark.parametrize("typeflag", [b"0", b"1", b"2", b"5"])
+@pytest.mark.parametrize("scanner", ["c"], indirect=True)
+def test_pax_headers_read_the_same_in_c_and_python(scanner: str, records: list[tuple[bytes, bytes]],
+                                                   typeflag: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C parser takes PAX headers of path, linkpath, size, uid, gid and mtime
+    itself: for any record it must give what Python gives, or leave it to Python."""
+    from imagefs import tarscan
+
+    data = (entry(b"before", b"b") + pax(records)
+            + entry(b"name", b"" if typeflag != b"0" else b"12345", typeflag=typeflag, linkname=b"before")
+            + entry(b"after", b"a") + EOA)
+    with_c = _scan_outcome(data)
+    monkeypatch.setattr(tarscan, "_tarfast", None)
+    assert with_c == _scan_outcome(data)
+
+
+@pytest.mark.parametrize("scanner", ["c"], indirect=True)
+def test_the_c_path_takes_pax_headers_across_read_ahead_boundaries(scanner: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long names as Go's archive/tar writes them (a PAX header before the member),
+    so many that some header pairs straddle the scanner's read-ahead buffer."""
+    from imagefs import tarscan
+
+    names = [("d%03d/" % (i % 7)) + "n" * (100 + i % 50) + str(i) for i in range(600)]
+    data = tar_of(*[(info(n), b"x" * (i * 37 % 1500)) for i, n in enumerate(names)])
+    python_parse = []
+    real_checksum = tarscan._checksum_ok
+    monkeypatch.setattr(tarscan, "_checksum_ok", lambda h, at: python_parse.append(at) or real_checksum(h, at))
+    with_c = members(data)
+    assert [m.path.decode() for m in with_c] == names
+    assert python_parse == []  # no header was left to the Python rules
     monkeypatch.setattr(tarscan, "_tarfast", None)
     assert members(data) == with_c
