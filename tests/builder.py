@@ -229,6 +229,16 @@ def write_docker25_archive(path: str, layers: Sequence[Sequence[Entry] | bytes],
     write_tar(path, members)
 
 
+class ByteReader:
+    """The smallest tarscan.PReader: positional reads over bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def pread(self, n: int, offset: int) -> bytes:
+        return self.data[offset:offset + n]
+
+
 def raw_header(name: bytes, size: int = 0, typeflag: bytes = b"0", mode: int = 0o644, linkname: bytes = b"",
                uid: int | bytes = 0, gid: int = 0, mtime: int = MTIME, magic: bytes = b"ustar\x0000",
                prefix: bytes = b"", size_field: bytes | None = None, checksum: int | None = None) -> bytes:

@@ -13,6 +13,7 @@ containerd/umoci extract it) plus the real-world quirks listed in
 
 from __future__ import annotations
 
+import os
 import random
 import stat
 from dataclasses import dataclass, field
@@ -30,6 +31,21 @@ Tree = dict[str, tuple]
 
 _TYPES = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFIFO: "p",
           stat.S_IFCHR: "c", stat.S_IFBLK: "b"}
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def index_writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every rule is checked through both index writers: the C one
+    (imagefs._indexfast) and the pure-Python reference."""
+    from imagefs import index
+
+    if request.param == "python":
+        monkeypatch.setattr(index, "_indexfast", None)
+    elif index._indexfast is None:
+        if os.environ.get("IMAGEFS_REQUIRE_C"):
+            pytest.fail("imagefs._indexfast is not built (IMAGEFS_REQUIRE_C is set)")
+        pytest.skip("imagefs._indexfast is not built here (no C compiler at install time)")
+    return str(request.param)
 
 
 # -- helpers -------------------------------------------------------------------
@@ -458,3 +474,45 @@ def test_big_directory_listed_fully_and_binary_searched(tmp_path) -> None:
             assert calls <= 18
     finally:
         idx.close()
+
+
+@pytest.mark.parametrize("index_writer", ["c"], indirect=True)
+def test_c_index_writer_gives_the_python_bytes(index_writer: str) -> None:
+    """Symlinks, sparse maps, xattrs, hard links, empty names of the pool, the
+    root's own attributes: the C sections equal the Python reference's."""
+    from imagefs import index
+
+    def member(path: bytes, kind: int, **kw: object) -> Member:
+        fields = dict(path=path, kind=kind, mode=0o644, uid=1, gid=2, size=0, mtime_ns=-5, linkname=b"", rdev=0,
+                      offset=512, xattrs=(), sparse=None)
+        fields.update(kw)
+        return Member(**fields)  # type: ignore[arg-type]
+
+    root = Node(member(b"", stat.S_IFDIR, mode=0o700, xattrs=((b"user.root", b"r"),)), 0)
+    d = Node(member(b"d", stat.S_IFDIR, uid=2**32 - 1), 1)
+    d.touched = 3
+    root.children.update({b"d": d, b"z": Node(member(b"z", stat.S_IFLNK, linkname=b""), 2)})
+    shared = Node(member(b"d/f", stat.S_IFREG, size=10, xattrs=((b"security.capability", b"\0\1"),
+                                                               (b"user.k", b""))), 1)
+    holes = Node(member(b"d/s", stat.S_IFREG, size=1 << 40, sparse=((0, 1), (1 << 39, 4096))), 1)
+    empty_map = Node(member(b"d/e", stat.S_IFREG, size=100, sparse=()), 1)
+    d.children.update({b"f": shared, b"g": shared, b"s": holes, b"e": empty_map,
+                       b"l": Node(member(b"d/l", stat.S_IFLNK, linkname=b"../z" * 50), 1),
+                       b"c": Node(member(b"d/c", stat.S_IFCHR, rdev=os.makedev(4, 64)), 1),
+                       b"\xff": Node(member(b"d/\xff", stat.S_IFIFO), 1), b"sub": Node(implicit_dir(b"d/sub"), -1)})
+    root.children[b"again"] = shared  # a hard link across directories
+    c = index._indexfast.layout(root, index._encode_extras)
+    assert tuple(c) == tuple(index._layout(root, index._encode_extras))
+    assert c[3:] == (10, 11, 2)  # inodes, names, inodes with xattrs
+
+
+@pytest.mark.parametrize("index_writer", ["c"], indirect=True)
+def test_c_index_writer_refuses_what_struct_refuses(index_writer: str) -> None:
+    from imagefs import index
+
+    root = Node(implicit_dir(b""), -1)
+    root.children[b"big"] = Node(Member(b"big", stat.S_IFREG, 0o644, 2**32, 0, 0, 0, b"", 0, 0, (), None), 0)
+    with pytest.raises(OverflowError):
+        index._indexfast.layout(root, index._encode_extras)
+    with pytest.raises(Exception):  # struct.error
+        index._layout(root, index._encode_extras)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import MTIME, device, dir, fifo, file, hardlink, layer_tar, raw_header, symlink
+from builder import MTIME, ByteReader, device, dir, fifo, file, hardlink, layer_tar, raw_header, symlink
 from imagefs.errors import ArchiveError, TarFormatError
 from imagefs.tarscan import BLOCK, HARDLINK, Member, scan
 
@@ -41,20 +41,10 @@ def scanner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     return str(request.param)
 
 
-class PReader:
-    """The smallest PReader: positional reads over bytes."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def pread(self, n: int, offset: int) -> bytes:
-        return self.data[offset:offset + n]
-
-
 def members(data: bytes, length: int | None = -1, warnings: list[str] | None = None) -> list[Member]:
     """Scan ``data``; ``length`` defaults to the real length, None means unknown."""
     sink = warnings if warnings is not None else []
-    return list(scan(PReader(data), len(data) if length == -1 else length, sink.append))
+    return list(scan(ByteReader(data), len(data) if length == -1 else length, sink.append))
 
 
 def by_path(data: bytes) -> dict[bytes, Member]:
@@ -500,7 +490,7 @@ def test_empty_stream_has_no_members() -> None:
 def test_progress_is_reported_every_4096_members() -> None:
     data = raw_header(b"f") * 4097 + EOA
     calls: list[tuple[int, int]] = []
-    got = list(scan(PReader(data), len(data), None, lambda off, n: calls.append((off, n))))
+    got = list(scan(ByteReader(data), len(data), None, lambda off, n: calls.append((off, n))))
     assert len(got) == 4097
     assert calls == [(4096 * BLOCK, 4096)]
 
@@ -742,7 +732,7 @@ def test_negative_size_in_pax_record() -> None:
     data = pax([(b"size", b"-1536")]) + raw_header(b"neg") + EOA
     with pytest.raises(TarFormatError, match="negative size"):
         # islice: with the bug the generator never ends; stop after a few members.
-        list(itertools.islice(scan(PReader(data), len(data)), 10))
+        list(itertools.islice(scan(ByteReader(data), len(data)), 10))
 
 
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])

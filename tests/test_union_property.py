@@ -44,9 +44,11 @@ from unittest import mock
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from builder import Entry, dir, fifo, file, hardlink, opaque, symlink, whiteout, write_docker_archive
+from builder import ByteReader, Entry, dir, fifo, file, hardlink, layer_tar, opaque, symlink, whiteout, write_docker_archive
 from imagefs import BuildOptions, ImageTree
 from imagefs.index import ROOT_INO
+from imagefs.merge import merge
+from imagefs.tarscan import scan
 
 settings.register_profile(
     "union-ci", max_examples=200, deadline=None, derandomize=True, database=None,
@@ -314,3 +316,20 @@ def test_imagetree_matches_extraction(layers: list[list[tuple]]) -> None:
         note(f"imagefs:   {sorted(got.items())}")
         assert got == want
         assert got_groups == want_groups
+
+
+@settings(settings.get_profile(PROFILE))
+@given(layers=layers_strategy())
+def test_c_index_writer_agrees_with_the_python_one(layers: list[list[tuple]]) -> None:
+    """imagefs._indexfast lays out the merged tree of any generated image byte
+    for byte as index._layout, the Python reference, does."""
+    from imagefs import index
+
+    if index._indexfast is None:
+        if os.environ.get("IMAGEFS_REQUIRE_C"):
+            raise AssertionError("imagefs._indexfast is not built (IMAGEFS_REQUIRE_C is set)")
+        return  # nothing to compare: the Python writer is the one in use
+    tars = [layer_tar([to_entry(op) for op in layer]) for layer in layers]
+    root = merge([list(scan(ByteReader(t), len(t))) for t in tars])
+    assert tuple(index._indexfast.layout(root, index._encode_extras)) == tuple(
+        index._layout(root, index._encode_extras))
