@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import tarfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -421,8 +422,12 @@ class Counting(TreeSource):
         return super().read(h, offset, n)
 
 
-def _open(path: Path, cache: Path, layer: int | None = None) -> Counting:
-    return Counting(ImageTree.open(str(path), BuildOptions(cache_dir=str(cache), layer=layer)))
+@contextmanager
+def _counting_pair(a: Path, b_: Path, cache: Path) -> Iterator[tuple[Counting, Counting]]:
+    """Both archives as `Counting` sources; both trees are closed on the way out."""
+    opts = BuildOptions(cache_dir=str(cache))
+    with ImageTree.open(str(a), opts) as tree_a, ImageTree.open(str(b_), opts) as tree_b:
+        yield Counting(tree_a), Counting(tree_b)
 
 
 def _lines_of(changes: Iterator[Any]) -> list[str]:
@@ -437,8 +442,7 @@ def test_shared_layers_result(idiff: Differ, shared_pair: dict[str, Path]) -> No
 
 
 def test_shared_subtree_is_not_walked(shared_pair: dict[str, Path]) -> None:
-    a, bb = _open(shared_pair["a"], shared_pair["cache"]), _open(shared_pair["b"], shared_pair["cache"])
-    try:
+    with _counting_pair(shared_pair["a"], shared_pair["b"], shared_pair["cache"]) as (a, bb):
         assert shared_layers(a, bb) == 1
         assert _lines_of(diff(a, bb)) == SHARED_EXPECTED
         for side in (a, bb):
@@ -448,24 +452,16 @@ def test_shared_subtree_is_not_walked(shared_pair: dict[str, Path]) -> None:
             # nothing below /big was looked at: a handful of entries in all
             assert len(side.meta_of) < 20, f"{len(side.meta_of)} meta() calls"
             assert len(side.children_of) < 10, f"{len(side.children_of)} children() calls"
-    finally:
-        a.tree.close()
-        bb.tree.close()
     # --all and --mtime do not change that
-    a, bb = _open(shared_pair["a"], shared_pair["cache"]), _open(shared_pair["b"], shared_pair["cache"])
-    try:
+    with _counting_pair(shared_pair["a"], shared_pair["b"], shared_pair["cache"]) as (a, bb):
         assert _lines_of(diff(a, bb, DiffOptions(all=True, mtime=True))) == SHARED_EXPECTED
         assert len(a.meta_of) + len(bb.meta_of) < 40
         assert a.tree.resolve(b"big") not in a.children_of
-    finally:
-        a.tree.close()
-        bb.tree.close()
 
 
 def test_counting_sees_a_full_walk_when_nothing_is_shared(shared_pair: dict[str, Path]) -> None:
     """The control for the test above: the same trees from layers that are not shared are walked."""
-    a, bb = _open(shared_pair["a"], shared_pair["cache"]), _open(shared_pair["b-unshared"], shared_pair["cache"])
-    try:
+    with _counting_pair(shared_pair["a"], shared_pair["b-unshared"], shared_pair["cache"]) as (a, bb):
         assert shared_layers(a, bb) == 0
         assert _lines_of(diff(a, bb)) == SHARED_EXPECTED + ["A /unrelated"]
         assert a.tree.resolve(b"big") in a.children_of
@@ -473,14 +469,10 @@ def test_counting_sees_a_full_walk_when_nothing_is_shared(shared_pair: dict[str,
         # and the shared-looking file etc/data (same size, other layer) had to be read
         assert a.tree.resolve(b"etc/data") in a.read_of
         assert bb.tree.resolve(b"etc/data") in bb.read_of
-    finally:
-        a.tree.close()
-        bb.tree.close()
 
 
 def test_file_from_a_shared_layer_is_not_read(shared_pair: dict[str, Path]) -> None:
-    a, bb = _open(shared_pair["a"], shared_pair["cache"]), _open(shared_pair["b"], shared_pair["cache"])
-    try:
+    with _counting_pair(shared_pair["a"], shared_pair["b"], shared_pair["cache"]) as (a, bb):
         list(diff(a, bb))
         # /etc is walked (both top layers changed it), so /etc/data and /etc/keep were compared...
         data = (a.tree.resolve(b"etc/data"), bb.tree.resolve(b"etc/data"))
@@ -490,22 +482,15 @@ def test_file_from_a_shared_layer_is_not_read(shared_pair: dict[str, Path]) -> N
         assert a.tree.resolve(b"etc/keep") not in a.read_of
         # top/x (same size, both from the unshared top layers) had to be read
         assert a.read_of == [a.tree.resolve(b"top/x")] and bb.read_of == [bb.tree.resolve(b"top/x")]
-    finally:
-        a.tree.close()
-        bb.tree.close()
 
 
 def test_same_bytes_in_unshared_layers_are_read_and_equal(tmp_path: Path) -> None:
     # size equal and bytes equal, from different layers: read, and no change reported
     b.write_docker_archive(str(tmp_path / "x.tar"), [[b.file("f", b"abc" * 1000)], [b.file("g", b"1")]])
     b.write_docker_archive(str(tmp_path / "y.tar"), [[b.file("f", b"abc" * 1000), b.file("h", b"")], [b.file("g", b"1")]])
-    a, bb = _open(tmp_path / "x.tar", tmp_path / "cache"), _open(tmp_path / "y.tar", tmp_path / "cache")
-    try:
+    with _counting_pair(tmp_path / "x.tar", tmp_path / "y.tar", tmp_path / "cache") as (a, bb):
         assert _lines_of(diff(a, bb)) == ["A /h"]
         assert a.read_of and bb.read_of
-    finally:
-        a.tree.close()
-        bb.tree.close()
 
 
 # -- ARCHIVE@N and mount --layer N ------------------------------------------------------------------
