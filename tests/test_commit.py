@@ -143,6 +143,16 @@ class Changes:
         self.tree.close()
 
 
+def standard_changes(archive: Path, scratch: Path) -> dict[bytes, tuple]:
+    """`Changes.apply_standard_changes` to ``archive`` in ``scratch``; the tree the overlay then shows."""
+    ch = Changes(archive, scratch)
+    try:
+        ch.apply_standard_changes()
+        return view(ch.ov)
+    finally:
+        ch.close()
+
+
 def commit_cli(cli: list[str], scratch: Path, archive: Path, out: Path, *extra: str) -> str:
     r = run_cli(cli, "commit", scratch, "--archive", archive, "-o", out, *extra)
     assert r.returncode == 0, f"imagefs commit failed ({r.returncode}): {r.stderr}"
@@ -170,9 +180,7 @@ def test_manifest_config_and_layers(base: Path, tmp_path: Path, imagefs_bin: lis
     before = sha256_file(base)
     _old_manifest, old_members = read_archive(base)
     old_cfg = json.loads(old_members[_old_manifest[0]["Config"]])
-    ch = Changes(base, tmp_path / "scratch")
-    ch.apply_standard_changes()
-    ch.close()
+    standard_changes(base, tmp_path / "scratch")
     out = tmp_path / "out.tar"
     image_id = commit_cli(imagefs_bin, tmp_path / "scratch", base, out, "-t", "test:patched", "-m", "my change")
     assert sha256_file(base) == before, "the original archive was changed"
@@ -201,9 +209,7 @@ def test_manifest_config_and_layers(base: Path, tmp_path: Path, imagefs_bin: lis
 
 
 def test_the_new_layer_is_the_changeset(base: Path, tmp_path: Path, imagefs_bin: list[str]) -> None:
-    ch = Changes(base, tmp_path / "scratch")
-    ch.apply_standard_changes()
-    ch.close()
+    standard_changes(base, tmp_path / "scratch")
     out = tmp_path / "out.tar"
     commit_cli(imagefs_bin, tmp_path / "scratch", base, out)
     manifest, members = read_archive(out)
@@ -233,10 +239,7 @@ def test_the_new_layer_is_the_changeset(base: Path, tmp_path: Path, imagefs_bin:
 
 
 def test_the_new_archive_shows_the_overlay_tree(base: Path, tmp_path: Path, imagefs_bin: list[str]) -> None:
-    ch = Changes(base, tmp_path / "scratch")
-    ch.apply_standard_changes()
-    want = view(ch.ov)
-    ch.close()
+    want = standard_changes(base, tmp_path / "scratch")
     out = tmp_path / "out.tar"
     commit_cli(imagefs_bin, tmp_path / "scratch", base, out, "-t", "test:patched")
     got = image_view(out, tmp_path)
@@ -246,9 +249,7 @@ def test_the_new_archive_shows_the_overlay_tree(base: Path, tmp_path: Path, imag
 
 
 def test_commit_is_deterministic_and_ignores_temporaries(base: Path, tmp_path: Path, imagefs_bin: list[str]) -> None:
-    ch = Changes(base, tmp_path / "scratch")
-    ch.apply_standard_changes()
-    ch.close()
+    standard_changes(base, tmp_path / "scratch")
     out1, out2, out3 = tmp_path / "a.tar", tmp_path / "b.tar", tmp_path / "c.tar"
     commit_cli(imagefs_bin, tmp_path / "scratch", base, out1)
     commit_cli(imagefs_bin, tmp_path / "scratch", base, out2)
@@ -275,10 +276,7 @@ def test_commit_of_other_archive_formats(writer: str, tmp_path: Path, imagefs_bi
         b.write_docker25_archive(str(archive), ovs.BASE_LAYERS)
     else:
         b.write_legacy_archive(str(archive), ovs.BASE_LAYERS)
-    ch = Changes(archive, tmp_path / "scratch")
-    ch.apply_standard_changes()
-    want = view(ch.ov)
-    ch.close()
+    want = standard_changes(archive, tmp_path / "scratch")
     out = tmp_path / "out.tar"
     commit_cli(imagefs_bin, tmp_path / "scratch", archive, out, "-t", "x:y")
     manifest, members = read_archive(out)
@@ -330,9 +328,7 @@ def test_commit_with_a_socket_in_the_dir(base: Path, tmp_path: Path, imagefs_bin
 
 
 def test_commit_of_a_committed_image(base: Path, tmp_path: Path, imagefs_bin: list[str]) -> None:
-    ch = Changes(base, tmp_path / "s1")
-    ch.apply_standard_changes()
-    ch.close()
+    standard_changes(base, tmp_path / "s1")
     first = tmp_path / "first.tar"
     commit_cli(imagefs_bin, tmp_path / "s1", base, first, "-t", "t:1")
     ch = Changes(first, tmp_path / "s2")
@@ -394,9 +390,7 @@ def test_committed_archive_mounts_to_the_overlay_view(base: Path, tmp_path: Path
 
 @pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed")
 def test_podman_loads_the_committed_archive(base: Path, tmp_path: Path, imagefs_bin: list[str]) -> None:
-    ch = Changes(base, tmp_path / "scratch")
-    ch.apply_standard_changes()
-    ch.close()
+    standard_changes(base, tmp_path / "scratch")
     out = tmp_path / "out.tar"
     tag = f"localhost/imagefs-commit-test:{os.getpid()}"
     commit_cli(imagefs_bin, tmp_path / "scratch", base, out, "-t", tag)
