@@ -390,3 +390,11 @@ def corpus_dir() -> Path:
     if not (CORPUS_DIR / "listing.py").is_file():
         pytest.skip(f"the image corpus is not here: {CORPUS_DIR} (with listing.py) is missing")
     return CORPUS_DIR
+
+
+def corpus_file(corpus_dir: Path, name: str) -> Path:
+    """The archive ``name`` of the corpus; the test is skipped if this copy of the corpus lacks it."""
+    path = corpus_dir / name
+    if not path.is_file():
+        pytest.skip(f"{path} is not in this copy of the corpus")
+    return path

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 import pytest
 
 import builder as b
-from conftest import TIMEOUT, Mounter, assert_one_line_error, run_cli
+from conftest import TIMEOUT, Mounter, assert_one_line_error, corpus_file, run_cli
 from imagefs import BuildOptions, ImageTree
 from imagefs.diff import DiffOptions, TreeSource, diff, shared_layers
 
@@ -826,17 +826,10 @@ CROSS = [
 ]
 
 
-def _corpus_file(corpus: Path, name: str) -> Path:
-    path = corpus / name
-    if not path.is_file():
-        pytest.skip(f"{path} is not in this copy of the corpus")
-    return path
-
-
 @pytest.mark.corpus
 @pytest.mark.parametrize("a, b_", CROSS, ids=[f"{x}-vs-{y}" for x, y in CROSS])
 def test_corpus_matches_the_oracles(idiff: Differ, corpus_dir: Path, a: str, b_: str) -> None:
-    pa, pb = _corpus_file(corpus_dir, a), _corpus_file(corpus_dir, b_)
+    pa, pb = corpus_file(corpus_dir, a), corpus_file(corpus_dir, b_)
     oa, ob = _oracle(corpus_dir, a.split(".")[0]), _oracle(corpus_dir, b_.split(".")[0])
     for all_ in (True, False):
         r = idiff("--json", *(["--all"] if all_ else []), pa, pb)
@@ -859,8 +852,8 @@ def test_corpus_matches_the_oracles(idiff: Differ, corpus_dir: Path, a: str, b_:
 
 @pytest.mark.corpus
 def test_corpus_mtime_changes_match_the_oracles(idiff: Differ, corpus_dir: Path) -> None:
-    pa = _corpus_file(corpus_dir, "small-base.podman-docker.tar")
-    pb = _corpus_file(corpus_dir, "small-layered.podman-oci.tar")
+    pa = corpus_file(corpus_dir, "small-base.podman-docker.tar")
+    pb = corpus_file(corpus_dir, "small-layered.podman-oci.tar")
     oa, ob = _oracle(corpus_dir, "small-base"), _oracle(corpus_dir, "small-layered")
     ta, tb = _mtimes(corpus_dir, "small-base"), _mtimes(corpus_dir, "small-layered")
     r = idiff("--json", "--all", "--mtime", pa, pb)
@@ -880,7 +873,7 @@ def test_corpus_mtime_changes_match_the_oracles(idiff: Differ, corpus_dir: Path)
     ("small-layered.legacy-v1.tar", "small-layered.podman-oci.tar"),
 ])
 def test_corpus_image_against_itself_in_another_format(idiff: Differ, corpus_dir: Path, a: str, b_: str) -> None:
-    pa, pb = _corpus_file(corpus_dir, a), _corpus_file(corpus_dir, b_)
+    pa, pb = corpus_file(corpus_dir, a), corpus_file(corpus_dir, b_)
     r = idiff("--all", "--mtime", pa, pb)
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
 
@@ -889,9 +882,9 @@ def test_corpus_image_against_itself_in_another_format(idiff: Differ, corpus_dir
 @pytest.mark.fuse
 def test_corpus_archive_against_a_mount(idiff: Differ, mounted: Mounter, corpus_dir: Path) -> None:
     """DirSource over a real mount of small-layered (devices, a FIFO, xattrs, mode 0000, odd names)."""
-    base = _corpus_file(corpus_dir, "small-base.podman-docker.tar")
-    layered = _corpus_file(corpus_dir, "small-layered.podman-docker.tar")
-    m = mounted(_corpus_file(corpus_dir, "small-layered.skopeo-oci-zstd.tar"))
+    base = corpus_file(corpus_dir, "small-base.podman-docker.tar")
+    layered = corpus_file(corpus_dir, "small-layered.podman-docker.tar")
+    m = mounted(corpus_file(corpus_dir, "small-layered.skopeo-oci-zstd.tar"))
     r = idiff("--all", "--mtime", layered, m.mountpoint)
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
     got, want = idiff("--all", "--mtime", "--json", base, m.mountpoint), idiff("--all", "--mtime", "--json", base, layered)
@@ -900,10 +893,10 @@ def test_corpus_archive_against_a_mount(idiff: Differ, mounted: Mounter, corpus_
 
 @pytest.mark.corpus
 def test_corpus_multi_archive_images(idiff: Differ, corpus_dir: Path) -> None:
-    multi = _corpus_file(corpus_dir, "multi.podman-docker.tar")
-    layered = _corpus_file(corpus_dir, "small-layered.podman-docker.tar")
+    multi = corpus_file(corpus_dir, "multi.podman-docker.tar")
+    layered = corpus_file(corpus_dir, "small-layered.podman-docker.tar")
     r = idiff("--image", "localhost/small-layered:latest", multi, layered)
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
     r = idiff("--image", "localhost/small-base:latest", "--image-b", "localhost/small-layered:alias", multi, multi)
-    want = idiff(_corpus_file(corpus_dir, "small-base.podman-docker.tar"), layered)
+    want = idiff(corpus_file(corpus_dir, "small-base.podman-docker.tar"), layered)
     assert (r.returncode, r.stdout) == (1, want.stdout)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import builder as b
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, corpus_file, run_cli
 from imagefs import BuildOptions, ImageTree
 from imagefs.diff import DiffOptions, TreeSource, diff
 
@@ -322,13 +322,6 @@ DELETED = [0, 24, 0, 0, 0, 9, 14]
 WASTED = [29_059, 0, 298, 0, 115, 50, 0]
 
 
-def _corpus(corpus_dir: Path, name: str) -> Path:
-    path = corpus_dir / name
-    if not path.is_file():
-        pytest.skip(f"{path} is not in this copy of the corpus")
-    return path
-
-
 def _layer_tars(docker_archive: Path) -> tuple[dict[str, Any], list[list[tarfile.TarInfo]]]:
     """The config and each layer's members, read with tarfile from a docker-archive."""
     with tarfile.open(docker_archive) as outer:
@@ -349,8 +342,8 @@ def _is_whiteout(m: tarfile.TarInfo) -> bool:
 @pytest.mark.parametrize("archive", ["small-layered.podman-docker.tar", "small-layered.skopeo-oci-zstd.tar",
                                      "small-layered.podman-oci.tar"])
 def test_corpus_small_layered(imagefs_bin: list[str], cache: Path, corpus_dir: Path, archive: str) -> None:
-    path = _corpus(corpus_dir, archive)
-    config, members = _layer_tars(_corpus(corpus_dir, "small-layered.podman-docker.tar"))
+    path = corpus_file(corpus_dir, archive)
+    config, members = _layer_tars(corpus_file(corpus_dir, "small-layered.podman-docker.tar"))
     rows, summary = layers_json(imagefs_bin, cache, path)
     assert [r["index"] for r in rows] == list(range(1, 8))
     # the README's table agrees with the layer tars...
@@ -379,7 +372,7 @@ def test_corpus_small_layered(imagefs_bin: list[str], cache: Path, corpus_dir: P
 @pytest.mark.corpus
 def test_corpus_step1_deletions_match_the_base_oracle(imagefs_bin: list[str], cache: Path, corpus_dir: Path) -> None:
     """Layer 2 (step 1) only deletes: its `deleted` is the number of base paths at or below its whiteouts."""
-    path = _corpus(corpus_dir, "small-layered.podman-docker.tar")
+    path = corpus_file(corpus_dir, "small-layered.podman-docker.tar")
     _config, members = _layer_tars(path)
     targets = ["/" + m.name.rsplit("/", 1)[0] + "/" + m.name.rsplit("/", 1)[1][4:] if "/" in m.name
                else "/" + m.name[4:] for m in members[1] if _is_whiteout(m)]
@@ -394,7 +387,7 @@ def test_corpus_step1_deletions_match_the_base_oracle(imagefs_bin: list[str], ca
 def test_corpus_added_agrees_with_diff(cache: Path, corpus_dir: Path) -> None:
     """Per layer, `added` is what `imagefs diff --all ARCHIVE@N-1 ARCHIVE@N` lists as added
     (these layers create no implicit parent directories)."""
-    path = _corpus(corpus_dir, "small-layered.podman-docker.tar")
+    path = corpus_file(corpus_dir, "small-layered.podman-docker.tar")
     trees = [ImageTree.open(str(path), BuildOptions(layer=n, cache_dir=str(cache))) for n in range(1, 8)]
     try:
         added = []
@@ -410,7 +403,7 @@ def test_corpus_added_agrees_with_diff(cache: Path, corpus_dir: Path) -> None:
 @pytest.mark.corpus
 def test_corpus_wasted_bytes_agree_with_the_index(cache: Path, corpus_dir: Path) -> None:
     """A regular file member is wasted exactly when no inode of the final tree points at its bytes."""
-    path = _corpus(corpus_dir, "small-layered.podman-docker.tar")
+    path = corpus_file(corpus_dir, "small-layered.podman-docker.tar")
     _config, members = _layer_tars(path)
     with ImageTree.open(str(path), BuildOptions(cache_dir=str(cache))) as tree:
         reachable = set()
