@@ -6,7 +6,12 @@ bash ci/setup.sh
 # podman is the oracle for `imagefs commit` (test_commit.py loads the result); only the tests need it.
 if ! command -v podman >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends podman >/dev/null \
+  install_podman() {
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends podman >/dev/null
+  }
+  # setup.sh refreshes the package lists only when it installs something itself, so they
+  # may be missing or stale here: if the install fails, refresh them and try once more.
+  install_podman 2>/dev/null || { $SUDO apt-get update -qq && install_podman; } \
     || echo "ci/test.sh: warning: podman could not be installed; the podman load test will be skipped" >&2
 fi
 # setup.sh installed a C compiler: the compiled parts (imagefs._tarfast, the
