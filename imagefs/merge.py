@@ -25,10 +25,13 @@ from __future__ import annotations
 import stat
 from typing import Callable, Iterable
 
-from .paths import Whiteout, in_aufs_meta, parse_whiteout
+from .paths import WHITEOUT_PREFIX, Whiteout, in_aufs_meta, parse_whiteout
 from .tarscan import HARDLINK, Member
 
 __all__ = ["Node", "apply_layer", "apply_whiteout", "find", "implicit_dir", "merge"]
+
+
+_DIR = stat.S_IFDIR
 
 
 class Node:
@@ -39,7 +42,7 @@ class Node:
     def __init__(self, member: Member, layer: int) -> None:
         self.member = member
         self.layer = layer  # index of the layer whose bytes back this inode (-1: none)
-        self.children: dict[bytes, Node] | None = {} if member.kind == stat.S_IFDIR else None
+        self.children: dict[bytes, Node] | None = {} if member.kind == _DIR else None
         # The highest layer that changed this node or anything below it: two
         # images whose first k layers are the same have equal subtrees where
         # both have touched < k (what makes `imagefs diff` skip them).
@@ -120,6 +123,9 @@ def apply_layer(root: Node, layer: int, members: Iterable[Member], warn: Callabl
     # aufs kept hard-link targets under .wh..wh.plnk/: never shown, but links may point there.
     hidden: dict[bytes, Node] = {}
     for m in members:
+        if WHITEOUT_PREFIX not in m.path:
+            entries.append(m)  # most members: neither rule below can apply, skip both calls
+            continue
         if in_aufs_meta(m.path):
             if m.kind != stat.S_IFDIR and m.kind != HARDLINK:
                 hidden[m.path] = Node(m, layer)
@@ -138,39 +144,44 @@ def apply_layer(root: Node, layer: int, members: Iterable[Member], warn: Callabl
     last_dir_path: bytes | None = None
     last_dir: Node = root
     for m in entries:
-        if m.path == b"":
-            if m.kind == stat.S_IFDIR:
+        path, kind = m.path, m.kind
+        if not path:
+            if kind == _DIR:
                 root.member, root.layer = m, layer
                 root.touched = max(root.touched, layer)
             else:
                 warn(f"layer {layer + 1}: a non-directory entry for the root is ignored")
             continue
-        dir_path, _, name = m.path.rpartition(b"/")
+        dir_path, _, name = path.rpartition(b"/")
         if dir_path == last_dir_path:
             parent = last_dir
         else:
-            parent, name = _parent_dir(root, m.path, layer)
+            parent, name = _parent_dir(root, path, layer)
             last_dir_path, last_dir = dir_path, parent
-        assert parent.children is not None
-        existing = parent.children.get(name)
-        if existing is not None and existing.children is not None and m.kind != stat.S_IFDIR:
-            last_dir_path = None  # a directory is replaced: the remembered one may be inside it
-        if m.kind == stat.S_IFDIR:
+        children = parent.children
+        assert children is not None
+        existing = children.get(name)
+        if kind == _DIR:
             if existing is not None and existing.children is not None:
                 existing.member, existing.layer = m, layer
+                if existing.touched < layer:
+                    existing.touched = layer
             else:
-                parent.children[name] = Node(m, layer)
-        elif m.kind == HARDLINK:
-            target = hidden.get(m.linkname) or find(root, m.linkname)
-            if target is None:
-                warn(f"layer {layer + 1}: hard link {_show(m.path)} points to missing {_show(m.linkname)}; skipped")
-            elif target.children is not None:
-                warn(f"layer {layer + 1}: hard link {_show(m.path)} points to a directory; skipped")
-            else:
-                parent.children[name] = target
+                children[name] = Node(m, layer)
+            continue
+        if existing is not None and existing.children is not None:
+            last_dir_path = None  # a directory is replaced: the remembered one may be inside it
+        if kind != HARDLINK:
+            children[name] = Node(m, layer)
+            continue
+        target = hidden.get(m.linkname) or find(root, m.linkname)
+        if target is None:
+            warn(f"layer {layer + 1}: hard link {_show(path)} points to missing {_show(m.linkname)}; skipped")
+        elif target.children is not None:
+            warn(f"layer {layer + 1}: hard link {_show(path)} points to a directory; skipped")
         else:
-            parent.children[name] = Node(m, layer)
-        child = parent.children.get(name)
+            children[name] = target
+        child = children.get(name)
         if child is not None and child.touched < layer:
             child.touched = layer
 
