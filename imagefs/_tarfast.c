@@ -113,12 +113,16 @@ static int checksum_ok(const unsigned char *h)
     return stored == sum + 8 * 0x20;
 }
 
+/* The PAX records that are plain numbers, by their place in struct pax. */
+enum { PAX_SIZE, PAX_UID, PAX_GID, PAX_NUMBERS };
+static const char *const pax_number_keys[PAX_NUMBERS] = {"size", "uid", "gid"};
+
 /* What a PAX header says about the member after it (pointers into the buffer). */
 struct pax {
     const unsigned char *path, *link; /* NULL: not set */
     Py_ssize_t path_len, link_len;
-    int has_size, has_uid, has_gid, has_mtime;
-    unsigned long long size, uid, gid;
+    int has[PAX_NUMBERS], has_mtime;
+    unsigned long long num[PAX_NUMBERS];
     long long mtime_ns;
 };
 
@@ -199,28 +203,25 @@ static int parse_pax(const unsigned char *d, Py_ssize_t n, struct pax *p)
             return -1;
         const unsigned char *key = rec, *val = eq + 1;
         Py_ssize_t klen = eq - rec, vlen = rec + rlen - 1 - val;
-        if (key_is(key, klen, "path")) {
+        int number = -1;
+        for (int k = 0; k < PAX_NUMBERS; k++) {
+            if (key_is(key, klen, pax_number_keys[k]))
+                number = k;
+        }
+        if (number >= 0) {
+            if (decimal(val, vlen, &p->num[number]) < 0)
+                return -1;
+            p->has[number] = 1;
+        } else if (key_is(key, klen, "path") || key_is(key, klen, "linkpath")) {
             if (memchr(val, 0, (size_t)vlen))
                 return -1;
-            p->path = val;
-            p->path_len = vlen;
-        } else if (key_is(key, klen, "linkpath")) {
-            if (memchr(val, 0, (size_t)vlen))
-                return -1;
-            p->link = val;
-            p->link_len = vlen;
-        } else if (key_is(key, klen, "size")) {
-            if (decimal(val, vlen, &p->size) < 0)
-                return -1;
-            p->has_size = 1;
-        } else if (key_is(key, klen, "uid")) {
-            if (decimal(val, vlen, &p->uid) < 0)
-                return -1;
-            p->has_uid = 1;
-        } else if (key_is(key, klen, "gid")) {
-            if (decimal(val, vlen, &p->gid) < 0)
-                return -1;
-            p->has_gid = 1;
+            if (klen == 4) {
+                p->path = val;
+                p->path_len = vlen;
+            } else {
+                p->link = val;
+                p->link_len = vlen;
+            }
         } else if (key_is(key, klen, "mtime")) {
             if (pax_mtime(val, vlen, &p->mtime_ns) < 0)
                 return -1;
@@ -357,12 +358,12 @@ static PyObject *scan_plain(PyObject *self, PyObject *args)
             if (major > 0xFFFFFFFFULL || minor > 0xFFFFFFFFULL)
                 break;
         }
-        if (pax.has_size)
-            size = pax.size;
-        if (pax.has_uid)
-            uid = pax.uid;
-        if (pax.has_gid)
-            gid = pax.gid;
+        if (pax.has[PAX_SIZE])
+            size = pax.num[PAX_SIZE];
+        if (pax.has[PAX_UID])
+            uid = pax.num[PAX_UID];
+        if (pax.has[PAX_GID])
+            gid = pax.num[PAX_GID];
         if (uid > 0xFFFFFFFFULL || gid > 0xFFFFFFFFULL)
             break;
         if (!pax.has_mtime && mtime > 9223372035ULL)

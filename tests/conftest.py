@@ -398,3 +398,26 @@ def corpus_file(corpus_dir: Path, name: str) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} is not in this copy of the corpus")
     return path
+
+
+# -- the optional C halves -------------------------------------------------------
+
+
+def c_half_or_python(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, module: object,
+                     attr: str) -> str:
+    """For a fixture parametrised ["c", "python"]: "python" hides the C module
+    ``module.attr`` (the pure-Python path runs), "c" needs it built (see require_c_half)."""
+    if request.param == "python":
+        monkeypatch.setattr(module, attr, None)
+    else:
+        require_c_half(module, attr)
+    return str(request.param)
+
+
+def require_c_half(module: object, attr: str) -> None:
+    """Skip the test when the optional C module ``module.attr`` was not built
+    (no compiler at install time); fail instead where IMAGEFS_REQUIRE_C says it must be."""
+    if getattr(module, attr) is None:
+        if os.environ.get("IMAGEFS_REQUIRE_C"):
+            pytest.fail(f"imagefs.{attr} is not built (IMAGEFS_REQUIRE_C is set)")
+        pytest.skip(f"imagefs.{attr} is not built here (no C compiler at install time)")

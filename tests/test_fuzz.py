@@ -53,6 +53,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fuzz"))
 
 import fuzztargets as ft  # noqa: E402
+from conftest import require_c_half  # noqa: E402
 from imagefs.errors import TarFormatError  # noqa: E402
 from imagefs.paths import normalize  # noqa: E402
 from imagefs.tarscan import BLOCK, HARDLINK, Member  # noqa: E402
@@ -600,10 +601,7 @@ def test_c_scanner_agrees_with_the_python_one(data: bytes, length_known: bool) -
     valid or mangled, the two must show the same members, warnings and errors."""
     from imagefs import tarscan
 
-    if tarscan._tarfast is None:
-        if os.environ.get("IMAGEFS_REQUIRE_C"):
-            raise AssertionError("imagefs._tarfast is not built (IMAGEFS_REQUIRE_C is set)")
-        pytest.skip("imagefs._tarfast is not built here (no C compiler at install time)")
+    require_c_half(tarscan, "_tarfast")
     with ft.deadline(10):
         fast = _scan_outcome(data, length_known, fast=True)
         slow = _scan_outcome(data, length_known, fast=False)

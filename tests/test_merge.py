@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import pytest
 
 from builder import Entry, dir, fifo, file, hardlink, opaque, raw_header, symlink, whiteout, write_docker_archive
+from conftest import c_half_or_python
 from imagefs import BuildOptions, ImageTree
 from imagefs.index import ROOT_INO, Index, write_index
 from imagefs.merge import Node, implicit_dir
@@ -39,13 +40,7 @@ def index_writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     (imagefs._indexfast) and the pure-Python reference."""
     from imagefs import index
 
-    if request.param == "python":
-        monkeypatch.setattr(index, "_indexfast", None)
-    elif index._indexfast is None:
-        if os.environ.get("IMAGEFS_REQUIRE_C"):
-            pytest.fail("imagefs._indexfast is not built (IMAGEFS_REQUIRE_C is set)")
-        pytest.skip("imagefs._indexfast is not built here (no C compiler at install time)")
-    return str(request.param)
+    return c_half_or_python(request, monkeypatch, index, "_indexfast")
 
 
 # -- helpers -------------------------------------------------------------------

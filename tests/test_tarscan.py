@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from builder import MTIME, ByteReader, device, dir, fifo, file, hardlink, layer_tar, raw_header, symlink
+from conftest import c_half_or_python
 from imagefs.errors import ArchiveError, TarFormatError
 from imagefs.tarscan import BLOCK, HARDLINK, Member, scan
 
@@ -32,13 +33,7 @@ def scanner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     (imagefs._tarfast) and with the pure-Python scanner alone."""
     from imagefs import tarscan
 
-    if request.param == "python":
-        monkeypatch.setattr(tarscan, "_tarfast", None)
-    elif tarscan._tarfast is None:
-        if os.environ.get("IMAGEFS_REQUIRE_C"):
-            pytest.fail("imagefs._tarfast is not built (IMAGEFS_REQUIRE_C is set)")
-        pytest.skip("imagefs._tarfast is not built here (no C compiler at install time)")
-    return str(request.param)
+    return c_half_or_python(request, monkeypatch, tarscan, "_tarfast")
 
 
 def members(data: bytes, length: int | None = -1, warnings: list[str] | None = None) -> list[Member]:
