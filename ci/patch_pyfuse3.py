@@ -23,6 +23,13 @@ stock pyfuse3 too, only slower.
    signal handler) ends it.
 5. (level 4) trio is imported on first use and the version is not looked up
    with importlib.metadata: 0.23 s less start-up for every mount.
+6. (level 5) ``imagefs_serve(wake_fd, spin_us)`` keeps asking for the next
+   request for *spin_us* microseconds after answering one before it sleeps in
+   poll().  A `find` or `grep -r` sends its next request a few dozen
+   microseconds after the reply; a daemon that has gone to sleep by then costs
+   a cross-CPU wake-up per request (on these VMs, a halted vCPU woken by an
+   IPI).  300 us of spinning took the first `find` over 300k files from 12 s
+   to 9 s; an idle mount does not spin.
 
 Usage: python3 ci/patch_pyfuse3.py SOURCE_DIR   (an unpacked pyfuse3 sdist)
        python3 ci/patch_pyfuse3.py --level      (print the patch level this script makes)
@@ -31,7 +38,7 @@ Usage: python3 ci/patch_pyfuse3.py SOURCE_DIR   (an unpacked pyfuse3 sdist)
 import pathlib
 import sys
 
-LEVEL = 4
+LEVEL = 5
 
 # (file relative to the sdist, text that must occur exactly once, replacement)
 HUNKS = [
@@ -71,7 +78,9 @@ HUNKS = [
      """@async_wrapper
 async def _session_loop(nursery, int min_tasks, int max_tasks):
 """,
-     """cdef extern from "<poll.h>" nogil:
+     """from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+cdef extern from "<poll.h>" nogil:
     struct pollfd:
         int fd
         short events
@@ -80,20 +89,25 @@ async def _session_loop(nursery, int min_tasks, int max_tasks):
     enum: POLLIN
 
 
-def imagefs_serve(int wake_fd):
+def imagefs_serve(int wake_fd, int spin_us=0):
     '''imagefs: answer requests in this thread, without an event loop, until unmounted.
 
     For handlers that never suspend (an immutable image answers every request
     from memory or the page cache): each request is read as soon as poll()
     says there is one, and its handler's coroutine is run to completion with
-    send(None).  When *wake_fd* (the signal wakeup fd, see
-    signal.set_wakeup_fd) becomes readable, pending Python signal handlers
-    run; one that calls imagefs_exit() ends the loop.  Raises RuntimeError if
-    a handler suspends.
+    send(None).  After a request, the next one is asked for again and again
+    for *spin_us* microseconds before the loop sleeps in poll() (a request that
+    follows at once then needs no wake-up).  When *wake_fd* (the signal wakeup
+    fd, see signal.set_wakeup_fd) becomes readable, pending Python signal
+    handlers run; one that calls imagefs_exit() ends the loop.  Raises
+    RuntimeError if a handler suspends.
     '''
     cdef int res
     cdef fuse_buf buf
     cdef pollfd fds[2]
+    cdef timespec now
+    cdef long long spin_ns = spin_us * 1000
+    cdef long long spin_until = 0
     buf.mem = NULL
     buf.size = 0
     buf.pos = 0
@@ -106,6 +120,14 @@ def imagefs_serve(int wake_fd):
     try:
         while not fuse_session_exited(session):
             res = fuse_session_receive_buf(session, &buf)
+            if res == -errno.EAGAIN and spin_ns:
+                clock_gettime(CLOCK_MONOTONIC, &now)
+                if spin_until == 0:
+                    spin_until = now.tv_sec * 1000000000 + now.tv_nsec + spin_ns
+                    continue
+                if now.tv_sec * 1000000000 + now.tv_nsec < spin_until:
+                    continue
+            spin_until = 0
             if res == -errno.EAGAIN:
                 with nogil:
                     res = poll(fds, 2, -1)

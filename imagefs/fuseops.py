@@ -41,13 +41,14 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 try:
     from pyfuse3 import _pyfuse3 as _pyfuse3_py
 
-    NO_OPEN = getattr(_pyfuse3_py, "IMAGEFS_PATCH", 0) >= 1
-    # Patch level 3: readdir gets the inode too, so opendir can answer ENOSYS and the
-    # kernel stops sending OPENDIR/RELEASEDIR (and keeps listings): a second `find`
-    # over an image runs as fast as over a local disk.
-    NO_OPENDIR = getattr(_pyfuse3_py, "IMAGEFS_PATCH", 0) >= 3
+    PATCH_LEVEL: int = getattr(_pyfuse3_py, "IMAGEFS_PATCH", 0)
 except ImportError:  # pragma: no cover - layout of other pyfuse3 versions
-    NO_OPEN = NO_OPENDIR = False
+    PATCH_LEVEL = 0
+NO_OPEN = PATCH_LEVEL >= 1
+# Patch level 3: readdir gets the inode too, so opendir can answer ENOSYS and the
+# kernel stops sending OPENDIR/RELEASEDIR (and keeps listings): a second `find`
+# over an image runs as fast as over a local disk.
+NO_OPENDIR = PATCH_LEVEL >= 3
 
 
 def entry_attributes(ino: int, st: Stat, timeout: float) -> pyfuse3.EntryAttributes:
