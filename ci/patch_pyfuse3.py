@@ -33,12 +33,14 @@ stock pyfuse3 too, only slower.
 
 Usage: python3 ci/patch_pyfuse3.py SOURCE_DIR   (an unpacked pyfuse3 sdist)
        python3 ci/patch_pyfuse3.py --level      (print the patch level this script makes)
+       python3 ci/patch_pyfuse3.py --version    (print the pyfuse3 version it patches)
 """
 
 import pathlib
 import sys
 
 LEVEL = 5
+VERSION = "3.5.0"  # the hunks below match this release's sources only
 
 # (file relative to the sdist, text that must occur exactly once, replacement)
 HUNKS = [
@@ -202,7 +204,7 @@ trio = _LazyTrio()
 except PackageNotFoundError:
     __version__ = 'unknown'
 """,
-     """__version__ = '3.5.0'  # imagefs: importlib.metadata costs 25 ms of every start
+     f"""__version__ = '{VERSION}'  # imagefs: importlib.metadata costs 25 ms of every start
 """),
 ]
 
@@ -231,6 +233,8 @@ def main(src: str) -> None:
 if __name__ == "__main__":
     if sys.argv[1:] == ["--level"]:
         print(LEVEL)
+    elif sys.argv[1:] == ["--version"]:
+        print(VERSION)
     elif len(sys.argv) == 2:
         main(sys.argv[1])
     else:

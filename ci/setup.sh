@@ -23,7 +23,7 @@ fi
 
 # pyfuse3, patched for speed (ci/patch_pyfuse3.py says what and why); rebuilt
 # when the patch level changes.  If that build fails, the stock wheel works too.
-PYFUSE3_VERSION=3.5.0
+PYFUSE3_VERSION=$(python3 ci/patch_pyfuse3.py --version)
 PATCH_LEVEL=$(python3 ci/patch_pyfuse3.py --level)
 if ! .venv/bin/python -c "import pyfuse3._pyfuse3 as p; assert p.IMAGEFS_PATCH == $PATCH_LEVEL" 2>/dev/null; then
   src=$(mktemp -d)
