@@ -216,7 +216,8 @@ static int list_dir(Slot **slots, size_t *nslots, size_t *cap, size_t at, PtrMap
         (*names)[k].child = child;
         k++;
     }
-    qsort(*names, (size_t)n, sizeof **names, by_name);
+    if (n > 1)
+        qsort(*names, (size_t)n, sizeof **names, by_name);
     uint32_t dir_ino = (uint32_t)at + 1;
     uint32_t first = *ndirents, subdirs = 0;
     if (buf_reserve(dirents, (size_t)n * DIRENT_SIZE) < 0)
@@ -227,6 +228,11 @@ static int list_dir(Slot **slots, size_t *nslots, size_t *cap, size_t at, PtrMap
         if (!grand)
             return -1;
         int is_dir = grand != Py_None;
+        if (is_dir && !PyDict_Check(grand)) {
+            Py_DECREF(grand);
+            PyErr_SetString(PyExc_TypeError, "a Node's children are not a dict");
+            return -1;
+        }
         uint32_t *known = map_slot(map, child); /* a hard link's Node is met once per name */
         if (!known) {
             Py_DECREF(grand);
