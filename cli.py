@@ -162,7 +162,9 @@ def mount(archive: str, mountpoint: str, foreground: bool, options: tuple[str, .
     mopts = mounting.MountOptions(extra=mounting.split_o(options), debug=debug,
                                   overlay=overlay)
     mounting.fuse_options(mopts)  # refuse bad -o before the (long) indexing
-    index, tmp = open_index(archive, opts, _progress(quiet))
+    # Indexed in a child process, so the daemon (this process in the foreground,
+    # else a fork of it) starts without the memory indexing used.
+    index, tmp = open_index(archive, opts, _progress(quiet), build_in_child=True)
     try:
         if foreground:
             tree = ImageTree(index)
@@ -175,7 +177,7 @@ def mount(archive: str, mountpoint: str, foreground: bool, options: tuple[str, .
         mounting.spawn_daemon(
             {"index": index_path, "mountpoint": mp, "options": list(mopts.extra), "debug": debug,
              "overlay": overlay},
-            mp, log_file, fork=index.from_cache,
+            mp, log_file,
         )
     finally:
         if tmp is not None:

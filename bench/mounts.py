@@ -17,7 +17,6 @@ always passed as absolute paths, so the match is exact.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -34,9 +33,6 @@ __all__ = [
 ]
 
 MOUNT_TIMEOUT = 900.0
-_IMAGEFS_DAEMON = "from imagefs.mount import daemon_main; daemon_main()"
-
-
 class BenchError(Exception):
     """A step of the benchmark failed; the message says which and why."""
 
@@ -90,11 +86,6 @@ def _cmdlines() -> dict[int, list[str]]:
 
 def _serves(kind: str, argv: list[str], mp: str) -> bool:
     if kind == "imagefs":
-        if _IMAGEFS_DAEMON in argv:  # a fresh interpreter: the request is JSON
-            try:
-                return bool(json.loads(argv[-1]).get("mountpoint") == mp)
-            except (ValueError, AttributeError):
-                return False
         # forked from `imagefs mount` (after the command itself has exited): its command line
         return ("mount" in argv and any(a.endswith(("imagefs", "cli.py")) for a in argv[:3])
                 and os.path.isabs(argv[-1]) and os.path.normpath(argv[-1]) == mp)

@@ -8,6 +8,7 @@ that runs the pipeline.  Everything user-facing that can go wrong here is an
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import hashlib
 import logging
@@ -21,6 +22,7 @@ from .archive import Archive
 from .blobs import Blob, Span
 from .errors import ArchiveError, ImageSelectError, IndexCacheError, IntegrityError
 from .index import Index, write_index
+from .isolate import in_child
 from .layercache import LayerCache
 from .manifest import Image, LayerRef, read_images, select_image
 from .merge import Node, apply_layer, implicit_dir
@@ -269,13 +271,16 @@ def build_index(archive_path: str, opts: BuildOptions, dest: str, progress: Prog
         _Builder(archive_path, opts, progress, state_dir).build(dest)
 
 
-def open_index(archive_path: str, opts: BuildOptions, progress: Progress | None = None) -> tuple[Index, str | None]:
+def open_index(archive_path: str, opts: BuildOptions, progress: Progress | None = None,
+               build_in_child: bool = False) -> tuple[Index, str | None]:
     """The index for ``archive_path``, from the cache when it is current.
 
     Returns the index and, when it was built into a private temporary file
     (no cache, or the cache is unwritable), that file's path for the caller
-    to remove once every user has it open.
+    to remove once every user has it open.  ``build_in_child``: index in a
+    forked child (`imagefs.isolate`), so this process does not grow.
     """
+    build = functools.partial(in_child, build_index) if build_in_child else build_index
     try:
         ident = cache.identity_of(archive_path)
     except OSError as e:
@@ -297,7 +302,7 @@ def open_index(archive_path: str, opts: BuildOptions, progress: Progress | None 
                 log.info("rebuilding unusable index: %s", e)
         try:
             os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-            build_index(archive_path, opts, path, progress, cache_dir)
+            build(archive_path, opts, path, progress, cache_dir)
             return Index(path), None
         except (OSError, IndexCacheError) as e:
             why = e.strerror if isinstance(e, OSError) else str(e)
@@ -305,7 +310,7 @@ def open_index(archive_path: str, opts: BuildOptions, progress: Progress | None 
     fd, tmp = tempfile.mkstemp(prefix="imagefs-", suffix=".idx")
     os.close(fd)
     try:
-        build_index(archive_path, opts, tmp, progress)
+        build(archive_path, opts, tmp, progress)
         return Index(tmp), tmp
     except BaseException:
         os.unlink(tmp)

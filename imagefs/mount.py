@@ -10,7 +10,6 @@ caller exits 0 only then, or prints the daemon's one-line error.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import shutil
@@ -296,66 +295,48 @@ def _unescape_mountinfo(field: bytes) -> bytes:
     return bytes(out)
 
 
-def spawn_daemon(request: dict[str, object], mountpoint: str, log_file: str | None, fork: bool = False) -> None:
-    """Start the daemon for ``request`` and return once the mount is usable.
+def spawn_daemon(request: dict[str, object], mountpoint: str, log_file: str | None) -> None:
+    """Start the daemon for ``request`` by forking this process, and return once
+    the mount is usable.
 
-    ``fork``: start it by forking this process, which saves starting Python
-    and importing everything again (what makes a remount with a cached index
-    quick); otherwise a fresh interpreter runs it, so that memory used for
-    indexing is not carried into the long-lived daemon.
+    Forking saves starting Python and importing everything again (what makes
+    a remount quick); the caller keeps this process lean (`imagefs mount`
+    indexes in a child) so that the long-lived daemon starts small.
 
     Raises:
         MountError: the daemon failed (its message), died, or did not become ready in time.
     """
     rfd, wfd = os.pipe()
-    if fork:
-        # Imported while the parent is still alone, rather than in the child's
-        # critical path.  Not trio: the read-only daemon never uses it.
-        import pyfuse3  # noqa: F401
+    # Imported while the parent is still alone, rather than in the child's
+    # critical path.  Not trio: the read-only daemon never uses it.
+    import pyfuse3  # noqa: F401
 
-        pid = os.fork()
-        if pid == 0:
-            os.close(rfd)
-            _daemonize(log_file)
-            code = 1
-            try:
-                run_daemon(request, wfd)
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-            finally:
-                os._exit(code)
-        os.close(wfd)
-        status: list[int] = []  # waitpid can reap only once: remember what it said
-
-        def exited() -> int | None:
-            if not status:
-                done, st = os.waitpid(pid, os.WNOHANG)
-                if not done:
-                    return None
-                status.append(os.waitstatus_to_exitcode(st))
-            return status[0]
-
-        def stop() -> None:
-            os.kill(pid, signal.SIGTERM)
-    else:
-        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        stderr = open(log_file, "ab") if log_file else subprocess.DEVNULL
+    pid = os.fork()
+    if pid == 0:
+        os.close(rfd)
+        _daemonize(log_file)
+        code = 1
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", "from imagefs.mount import daemon_main; daemon_main()",
-                 json.dumps(dict(request, ready_fd=wfd))],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                pass_fds=(wfd,), start_new_session=True, env=env, cwd="/",
-            )
+            run_daemon(request, wfd)
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
         finally:
-            os.close(wfd)
-            if log_file:
-                stderr.close()  # type: ignore[union-attr]
-        exited = proc.poll
-        stop = proc.terminate
+            os._exit(code)
+    os.close(wfd)
+    status: list[int] = []  # waitpid can reap only once: remember what it said
+
+    def exited() -> int | None:
+        if not status:
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if not done:
+                return None
+            status.append(os.waitstatus_to_exitcode(st))
+        return status[0]
+
+    def stop() -> None:
+        os.kill(pid, signal.SIGTERM)
+
     text = _wait_ready(rfd)
     if text == "ok":
         return
@@ -412,12 +393,6 @@ def _daemonize(log_file: str | None) -> None:
     for fd, target in ((0, null), (1, null), (2, err)):
         os.dup2(target, fd)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def daemon_main() -> None:
-    """Entry of a freshly started daemon process (see `spawn_daemon`)."""
-    request = json.loads(sys.argv[1])
-    run_daemon(request, int(request["ready_fd"]))
 
 
 def run_daemon(request: dict[str, object], ready_fd: int) -> None:

@@ -15,7 +15,6 @@ Mount state is read from ``/proc/self/mountinfo``, never with
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -137,12 +136,11 @@ def process_alive(pid: int) -> bool:
 
 
 def processes_for(mountpoint: str | os.PathLike[str], aliases: Sequence[str] = ()) -> list[int]:
-    """Live imagefs processes of ``mountpoint``: a daemon started afresh (its JSON
-    request names the mountpoint), a daemon forked from ``imagefs mount`` or a
-    ``mount -f`` (their command line names it, absolute or as one of ``aliases``)."""
+    """Live imagefs processes of ``mountpoint``: a daemon forked from ``imagefs
+    mount``, or a ``mount -f`` (their command line names it, absolute or as one
+    of ``aliases``)."""
     mp = os.path.abspath(mountpoint)
     names = {mp, *aliases}
-    needle = f'"mountpoint": {json.dumps(mp)}'
     me = os.getpid()
     pids = []
     for d in os.listdir("/proc"):
@@ -156,7 +154,7 @@ def processes_for(mountpoint: str | os.PathLike[str], aliases: Sequence[str] = (
         text = " ".join(argv)
         if "imagefs" not in text and "cli.py" not in text:
             continue
-        if any(needle in a for a in argv) or ("mount" in argv and names & set(argv) and "umount" not in argv):
+        if "mount" in argv and names & set(argv) and "umount" not in argv:
             if process_alive(int(d)):
                 pids.append(int(d))
     return pids
