@@ -13,6 +13,7 @@ import os
 import pickle
 import signal
 import sys
+import time
 import traceback
 from typing import Any, Callable
 
@@ -54,10 +55,13 @@ def in_child(fn: Callable[..., Any], *args: Any) -> Any:
         with os.fdopen(r, "rb") as f:
             data = f.read()
     except BaseException:
-        # E.g. a Ctrl-C that reached only this process: SIGINT, so that the child
-        # unwinds as this one does (and removes its half-written files).
-        os.kill(pid, signal.SIGINT)
-        os.waitpid(pid, 0)
+        # A Ctrl-C from the terminal reaches the child as well: give it a moment to
+        # unwind by itself (a second SIGINT could cut its clean-up short).  One that
+        # reached only this process is passed on, so the child removes what it
+        # half wrote rather than finish the work for nobody.
+        if not _reaped_within(pid, 1.0):
+            os.kill(pid, signal.SIGINT)
+            os.waitpid(pid, 0)
         raise
     _, status = os.waitpid(pid, 0)
     if not data:
@@ -68,6 +72,15 @@ def in_child(fn: Callable[..., Any], *args: Any) -> Any:
     if kind == "bug":
         raise RuntimeError("the indexing process failed (its traceback is above)")
     return value
+
+
+def _reaped_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def _describe(status: int) -> str:
