@@ -37,4 +37,6 @@ if ! .venv/bin/python -c "import pyfuse3._pyfuse3 as p; assert p.IMAGEFS_PATCH =
   fi
   rm -rf "$src"
 fi
-.venv/bin/python -m pip install -q -e '.[test]'
+# Editable, so the tests and the CLI run this checkout; setuptools warns about
+# that mode in a box on every install, which says nothing here.
+PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q -e '.[test]'
