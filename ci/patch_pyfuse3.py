@@ -23,13 +23,16 @@ stock pyfuse3 too, only slower.
    signal handler) ends it.
 5. (level 4) trio is imported on first use and the version is not looked up
    with importlib.metadata: 0.23 s less start-up for every mount.
-6. (level 5) ``imagefs_serve(wake_fd, spin_us)`` keeps asking for the next
-   request for *spin_us* microseconds after answering one before it sleeps in
-   poll().  A `find` or `grep -r` sends its next request a few dozen
-   microseconds after the reply; a daemon that has gone to sleep by then costs
-   a cross-CPU wake-up per request (on these VMs, a halted vCPU woken by an
-   IPI).  300 us of spinning took the first `find` over 300k files from 12 s
-   to 9 s; an idle mount does not spin.
+6. (level 5; level 6: only within a burst) ``imagefs_serve(wake_fd, spin_us)``
+   keeps asking for the next request for *spin_us* microseconds before it
+   sleeps in poll(), within a burst (four requests in a row each within
+   *spin_us* of the one before).  A `find` or `grep -r` sends its next request a few dozen
+   microseconds after the reply; a daemon that has gone to sleep by then
+   costs a cross-CPU wake-up per request (on these VMs, a halted vCPU woken
+   by an IPI).  300 us of spinning took the first `find` over 300k files from
+   12 s to 9 s.  An idle mount does not spin, and neither does one that gets
+   a request now and then (spinning after each would burn most of a CPU at
+   one request per 400 us).
 
 Usage: python3 ci/patch_pyfuse3.py SOURCE_DIR   (an unpacked pyfuse3 sdist)
        python3 ci/patch_pyfuse3.py --level      (print the patch level this script makes)
@@ -39,7 +42,7 @@ Usage: python3 ci/patch_pyfuse3.py SOURCE_DIR   (an unpacked pyfuse3 sdist)
 import pathlib
 import sys
 
-LEVEL = 5
+LEVEL = 6
 VERSION = "3.5.0"  # the hunks below match this release's sources only
 
 # (file relative to the sdist, text that must occur exactly once, replacement)
@@ -97,9 +100,10 @@ def imagefs_serve(int wake_fd, int spin_us=0):
     For handlers that never suspend (an immutable image answers every request
     from memory or the page cache): each request is read as soon as poll()
     says there is one, and its handler's coroutine is run to completion with
-    send(None).  After a request, the next one is asked for again and again
-    for *spin_us* microseconds before the loop sleeps in poll() (a request that
-    follows at once then needs no wake-up).  When *wake_fd* (the signal wakeup
+    send(None).  Within a burst (the last four requests each came within
+    *spin_us* microseconds of the one before), the next one is asked for again
+    and again for *spin_us* before the loop sleeps in poll(): a request that
+    follows at once then needs no wake-up.  When *wake_fd* (the signal wakeup
     fd, see signal.set_wakeup_fd) becomes readable, pending Python signal
     handlers run; one that calls imagefs_exit() ends the loop.  Raises
     RuntimeError if a handler suspends.
@@ -108,8 +112,12 @@ def imagefs_serve(int wake_fd, int spin_us=0):
     cdef fuse_buf buf
     cdef pollfd fds[2]
     cdef timespec now
-    cdef long long spin_ns = spin_us * 1000
+    cdef long long spin_ns = <long long> spin_us * 1000
     cdef long long spin_until = 0
+    cdef long long last_done = 0  # when the previous request was answered (0: none yet)
+    cdef long long t
+    cdef int streak = 0  # requests in a row that came within spin_ns of the one before
+    cdef bint spinning = False
     buf.mem = NULL
     buf.size = 0
     buf.pos = 0
@@ -122,12 +130,13 @@ def imagefs_serve(int wake_fd, int spin_us=0):
     try:
         while not fuse_session_exited(session):
             res = fuse_session_receive_buf(session, &buf)
-            if res == -errno.EAGAIN and spin_ns:
+            if res == -errno.EAGAIN and spinning:
                 clock_gettime(CLOCK_MONOTONIC, &now)
+                t = now.tv_sec * 1000000000 + now.tv_nsec
                 if spin_until == 0:
-                    spin_until = now.tv_sec * 1000000000 + now.tv_nsec + spin_ns
+                    spin_until = t + spin_ns
                     continue
-                if now.tv_sec * 1000000000 + now.tv_nsec < spin_until:
+                if t < spin_until:
                     continue
             spin_until = 0
             if res == -errno.EAGAIN:
@@ -149,6 +158,12 @@ def imagefs_serve(int wake_fd, int spin_us=0):
                 raise OSError(-res, 'fuse_session_receive_buf failed with ' + strerror(-res))
             elif res == 0:
                 break
+            if spin_ns:
+                clock_gettime(CLOCK_MONOTONIC, &now)
+                t = now.tv_sec * 1000000000 + now.tv_nsec
+                streak = streak + 1 if last_done != 0 and t - last_done < spin_ns else 0
+                # A few in a row: a burst (find, grep -r), not one file's open+read pair.
+                spinning = streak >= 4
             save_retval(None)
             fuse_session_process_buf(session, &buf)
             if py_retval is not None:
@@ -161,6 +176,9 @@ def imagefs_serve(int wake_fd, int spin_us=0):
                 else:
                     coro.close()
                     raise RuntimeError('imagefs_serve: a request handler suspended')
+            if spin_ns:
+                clock_gettime(CLOCK_MONOTONIC, &now)
+                last_done = now.tv_sec * 1000000000 + now.tv_nsec
     finally:
         stdlib.free(buf.mem)
 

@@ -8,7 +8,6 @@ that runs the pipeline.  Everything user-facing that can go wrong here is an
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import hashlib
 import logging
@@ -21,7 +20,7 @@ from . import blobs, cache, tarscan
 from .archive import Archive
 from .blobs import Blob, Span
 from .errors import ArchiveError, ImageSelectError, IndexCacheError, IntegrityError
-from .index import Index, write_index
+from .index import Index, temp_path, write_index
 from .isolate import in_child
 from .layercache import LayerCache
 from .manifest import Image, LayerRef, read_images, select_image
@@ -271,6 +270,17 @@ def build_index(archive_path: str, opts: BuildOptions, dest: str, progress: Prog
         _Builder(archive_path, opts, progress, state_dir).build(dest)
 
 
+def _build_in_child(archive_path: str, opts: BuildOptions, dest: str, progress: Progress | None = None,
+                    state_dir: str | None = None) -> None:
+    """build_index in a forked child (imagefs.isolate); a child that was killed
+    mid-write leaves no partial index behind."""
+    def remove_partial(pid: int) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_path(dest, pid))
+
+    in_child(build_index, archive_path, opts, dest, progress, state_dir, on_crash=remove_partial)
+
+
 def open_index(archive_path: str, opts: BuildOptions, progress: Progress | None = None,
                build_in_child: bool = False) -> tuple[Index, str | None]:
     """The index for ``archive_path``, from the cache when it is current.
@@ -280,7 +290,7 @@ def open_index(archive_path: str, opts: BuildOptions, progress: Progress | None 
     to remove once every user has it open.  ``build_in_child``: index in a
     forked child (`imagefs.isolate`), so this process does not grow.
     """
-    build = functools.partial(in_child, build_index) if build_in_child else build_index
+    build = _build_in_child if build_in_child else build_index
     try:
         ident = cache.identity_of(archive_path)
     except OSError as e:

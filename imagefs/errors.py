@@ -21,6 +21,7 @@ __all__ = [
     "ImageFormatError",
     "ImageSelectError",
     "IndexCacheError",
+    "IndexingCrashed",
     "IntegrityError",
     "MountError",
     "TarFormatError",
@@ -66,6 +67,10 @@ class ImageSelectError(ImageFSError):
 
 class IndexCacheError(ImageFSError):
     """The persistent index is unusable (the caller rebuilds or runs without it)."""
+
+
+class IndexingCrashed(ImageFSError):
+    """The process building an index died or failed unexpectedly (killed, out of memory, a bug)."""
 
 
 class MountError(ImageFSError):

@@ -39,7 +39,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the build
     _indexfast = None
 
-__all__ = ["FORMAT_VERSION", "Attr", "Index", "write_index"]
+__all__ = ["FORMAT_VERSION", "Attr", "Index", "temp_path", "write_index"]
 
 MAGIC = b"IMGFSIDX"
 FORMAT_VERSION = 2
@@ -181,6 +181,11 @@ def _layout(root: Node, encode_extras: Callable[[Member], tuple[bytes, bytes]]) 
     return _Sections(bytes(inodes), dirents, b"".join(pool.parts), len(nodes), ndirents, with_xattrs)
 
 
+def temp_path(path: str, pid: int) -> str:
+    """Where process ``pid`` writes the index ``path`` before renaming it."""
+    return f"{path}.{pid}.tmp"
+
+
 def write_index(root: Node, meta: dict[str, Any], path: str) -> None:
     """Serialise the merged tree ``root`` to ``path``, atomically.
 
@@ -197,7 +202,7 @@ def write_index(root: Node, meta: dict[str, Any], path: str) -> None:
     meta_off = pool_off + len(pool)
     header = HEADER.pack(MAGIC, FORMAT_VERSION, n_inodes, n_dirents, inode_off, dirent_off,
                          pool_off, len(pool), meta_off, len(meta_raw))
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = temp_path(path, os.getpid())
     try:
         with open(tmp, "wb") as f:
             f.write(header)

@@ -9,6 +9,7 @@ daemon starts from a process that never grew.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
 import signal
@@ -17,39 +18,38 @@ import time
 import traceback
 from typing import Any, Callable
 
-from .errors import ImageFSError
+from .errors import ImageFSError, IndexingCrashed
 
 __all__ = ["in_child"]
 
+_PR_SET_PDEATHSIG = 1
 
-def in_child(fn: Callable[..., Any], *args: Any) -> Any:
+
+def in_child(fn: Callable[..., Any], *args: Any, on_crash: Callable[[int], None] | None = None) -> Any:
     """``fn(*args)``, run in a forked child; its result, or its error raised here.
 
-    ImageFSError, OSError and KeyboardInterrupt cross back as they were raised;
-    anything else is a bug: the child prints its traceback and this raises
-    RuntimeError.  The result and errors must pickle.
+    ImageFSError, OSError and KeyboardInterrupt cross back as they were raised.
+    Anything else (a bug, a result or error that does not pickle, a child that
+    was killed) is IndexingCrashed; the child prints a bug's traceback, and
+    ``on_crash(child_pid)`` can remove what a child that never unwound left.
     """
     for stream in (sys.stdout, sys.stderr):
         stream.flush()  # else the child would write what is buffered here a second time
     r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child (the tests see its effects)
+    parent = os.getpid()
+    try:
+        pid = os.fork()
+    except OSError:
         os.close(r)
-        code = 0
+        os.close(w)
+        raise
+    if pid == 0:  # pragma: no cover - runs in the child (the tests see its effects)
+        code = 1
         try:
-            try:
-                outcome: tuple[str, Any] = ("ok", fn(*args))
-            except (ImageFSError, OSError, KeyboardInterrupt) as e:
-                outcome, code = ("raise", e), 1
-            except BaseException:
-                traceback.print_exc()
-                outcome, code = ("bug", None), 1
-            with os.fdopen(w, "wb") as f:
-                f.write(pickle.dumps(outcome))
-            for stream in (sys.stdout, sys.stderr):
-                stream.flush()
+            os.close(r)
+            code = _run_child(fn, args, w, parent)
         finally:
-            os._exit(code)  # no teardown: freeing what fn built is what the child saves
+            os._exit(code)  # whatever happened: the child never returns into the caller's code
     os.close(w)
     try:
         with os.fdopen(r, "rb") as f:
@@ -64,14 +64,58 @@ def in_child(fn: Callable[..., Any], *args: Any) -> Any:
             os.waitpid(pid, 0)
         raise
     _, status = os.waitpid(pid, 0)
-    if not data:
-        raise RuntimeError(f"the indexing process died ({_describe(status)})")
-    kind, value = pickle.loads(data)
+    try:
+        kind, value = pickle.loads(data) if data else ("died", None)
+    except Exception:
+        kind, value = "died", None
+    if kind == "ok":
+        return value
     if kind == "raise":
         raise value
+    if on_crash is not None:
+        on_crash(pid)
     if kind == "bug":
-        raise RuntimeError("the indexing process failed (its traceback is above)")
-    return value
+        raise IndexingCrashed("indexing failed on a bug (its traceback is above)")
+    raise IndexingCrashed(f"the indexing process died ({_describe(status)})")
+
+
+def _run_child(fn: Callable[..., Any], args: tuple[Any, ...], w: int, parent: int) -> int:  # pragma: no cover
+    """The child's side of in_child: its exit status.  Never frees what fn built."""
+    code = 1
+    try:
+        # Killed with its parent (SIGINT, so that it unwinds and removes its
+        # temporary files), rather than indexing on for nobody.
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGINT), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != parent:
+            return 1  # the parent died before the line above
+        try:
+            outcome: tuple[str, Any] = ("ok", fn(*args))
+            code = 0
+        except (ImageFSError, OSError, KeyboardInterrupt) as e:
+            outcome = ("raise", e)
+        except BaseException:
+            traceback.print_exc()
+            outcome = ("bug", None)
+        try:
+            data = pickle.dumps(outcome)
+        except Exception:
+            traceback.print_exc()
+            data, code = pickle.dumps(("bug", None)), 1
+        try:
+            with os.fdopen(w, "wb") as f:
+                f.write(data)
+        except OSError:
+            code = 1  # the parent stopped listening (interrupted): nobody to tell
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+    return code
 
 
 def _reaped_within(pid: int, seconds: float) -> bool:

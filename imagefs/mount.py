@@ -103,12 +103,30 @@ def check_mountpoint(path: str) -> str:
 
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def usable_cpus() -> float:
+    """How many CPUs this process can use at once: its affinity, capped by a
+    cgroup v2 CPU quota (a container run with --cpus=1 on a big host)."""
+    n = float(len(os.sched_getaffinity(0)))
+    try:
+        with open("/proc/self/cgroup") as f:
+            rel = next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
+        with open(os.path.join("/sys/fs/cgroup", rel.lstrip("/"), "cpu.max")) as f:
+            quota, period = f.read().split()
+        if quota != "max":
+            n = min(n, int(quota) / int(period))
+    except (OSError, ValueError, StopIteration):
+        pass
+    return n
+
+
 # How long the read-only loop keeps asking for the next request before it
-# sleeps (pyfuse3 patch level 5): `find` and `grep -r` send one a few dozen us
-# after each reply, and waking a sleeping daemon on another CPU costs more than
-# that (first `find` over 300k files: 12 s -> 9 s).  Spinning only pays where the
-# requester runs on another CPU; an idle mount never spins.
-SPIN_US = 300 if len(os.sched_getaffinity(0)) > 1 else 0
+# sleeps, within a burst of requests (pyfuse3 patch level 5+): `find` and
+# `grep -r` send one a few dozen us after each reply, and waking a sleeping
+# daemon on another CPU costs more than that (first `find` over 300k files:
+# 12 s -> 9 s).  Spinning only pays where the requester runs on another CPU.
+SPIN_US = 300 if usable_cpus() >= 2 else 0
 
 
 def serve(tree: "ImageTree", mountpoint: str, opts: MountOptions, on_ready: Callable[[], None] | None = None) -> None:
@@ -306,12 +324,17 @@ def spawn_daemon(request: dict[str, object], mountpoint: str, log_file: str | No
     Raises:
         MountError: the daemon failed (its message), died, or did not become ready in time.
     """
-    rfd, wfd = os.pipe()
     # Imported while the parent is still alone, rather than in the child's
     # critical path.  Not trio: the read-only daemon never uses it.
     import pyfuse3  # noqa: F401
 
-    pid = os.fork()
+    rfd, wfd = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError as e:
+        os.close(rfd)
+        os.close(wfd)
+        raise MountError(f"cannot start the imagefs daemon: {e.strerror}") from None
     if pid == 0:
         os.close(rfd)
         _daemonize(log_file)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
 
 import pytest
 
-from imagefs.errors import ArchiveError, ImageFSError
+from imagefs.errors import ArchiveError, ImageFSError, IndexingCrashed
 from imagefs.isolate import in_child
 
 
@@ -41,7 +42,7 @@ def test_an_imagefs_error_keeps_its_one_line_message() -> None:
 
 
 def test_a_bug_in_the_child_is_a_runtime_error_with_its_traceback(capfd: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(RuntimeError, match="traceback is above"):
+    with pytest.raises(IndexingCrashed, match="traceback is above"):
         in_child(_raise, ZeroDivisionError("the bug"))
     assert "ZeroDivisionError: the bug" in capfd.readouterr().err
 
@@ -50,9 +51,43 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def test_a_child_that_dies_is_reported() -> None:
-    with pytest.raises(RuntimeError, match="died .*SIGKILL"):
-        in_child(_die)
+def test_a_child_that_dies_is_reported_and_cleaned_up_after() -> None:
+    crashed: list[int] = []
+    with pytest.raises(IndexingCrashed, match="died .*SIGKILL"):
+        in_child(_die, on_crash=crashed.append)
+    assert len(crashed) == 1 and crashed[0] != os.getpid()  # the child's pid, for its temporary files
+
+
+class _Unpicklable(OSError):
+    def __init__(self, path: str) -> None:  # pickle calls this with (errno, strerror): it fails
+        super().__init__(errno.EIO, f"cannot read {path}")
+
+
+def test_an_error_that_does_not_cross_is_a_crash_not_a_traceback() -> None:
+    with pytest.raises(IndexingCrashed):
+        in_child(_raise, _Unpicklable("x"))
+
+
+def test_the_child_does_not_outlive_its_parent(tmp_path) -> None:
+    """`kill` of `imagefs mount` while it indexes must not leave the build running."""
+    ready, marker = str(tmp_path / "ready"), str(tmp_path / "cleaned")
+    middle = os.fork()
+    if middle == 0:  # pragma: no cover - the parent that gets killed
+        try:
+            in_child(_wait_then_mark, ready, marker)
+        finally:
+            os._exit(0)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(ready) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert os.path.exists(ready)
+        os.kill(middle, signal.SIGKILL)
+        while not os.path.exists(marker) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert os.path.exists(marker), "the child went on after its parent was killed"
+    finally:
+        os.waitpid(middle, 0)
 
 
 def _print_and_return() -> str:
