@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the tests of the C halves (imagefs/_tarfast.c: the tar scanner's tests and
-# fuzzing; imagefs/_indexfast.c: the union rules and the index property test)
+# fuzzing; imagefs/_indexfast.c: the union rules, the index property test and
+# the readdirplus records)
 # against both extensions built with AddressSanitizer and UndefinedBehaviorSanitizer.
 # Not part of CI: minutes, and it swaps the built extensions for the time of the run.
 # -s: a sanitizer that halts the process must not have its report held in pytest's capture.
@@ -27,4 +28,5 @@ LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 IMAGEFS_REQUIRE_C=1 IMAGEFS_FUZZ_EXAMPLES="${1:-2000}" \
   IMAGEFS_UNION_PROFILE=union-random \
   $PY -m pytest ${PYTEST_ARGS:--q} -s -p no:cacheprovider tests/test_tarscan.py tests/test_fuzz.py tests/test_merge.py \
-    tests/test_union_property.py -k "tarscan or scan or seed or merge or union or index or rule"
+    tests/test_union_property.py tests/test_readdirplus.py \
+    -k "tarscan or scan or seed or merge or union or index or rule or readdirplus"

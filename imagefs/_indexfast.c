@@ -440,8 +440,204 @@ out:
     return result;
 }
 
+/* ---- readdirplus: a directory's entries as the FUSE kernel protocol's records ----
+ *
+ * readdirplus(index, inode_off, dirent_off, pool_off, n_inodes, ino, start, size,
+ *             timeout, blksize, dir_size) -> bytes | None
+ *
+ * What fuseops.ReadOnlyOperations.readdir makes through pyfuse3 and libfuse's
+ * fuse_add_direntry_plus, one struct fuse_direntplus per entry ("." and ".."
+ * first, then the index's dirents; the kernel's offset of position p is
+ * p + 3), until the next record would not fit in `size` bytes; b"" past the
+ * end; None when `ino` is not a directory of the index (the Python handler
+ * then answers with the error).  Attributes as tree.ImageTree.stat gives them.
+ * The layout is the kernel ABI's (include/uapi/linux/fuse.h), stable since
+ * protocol 7.9. */
+
+#define R_MODE 0
+#define R_UID 4
+#define R_GID 8
+#define R_NLINK 12
+#define R_SIZE 16
+#define R_MTIME 24
+#define R_RDEV 32
+#define R_EXTRA_OFF 52
+#define R_EXTRA_LEN 60
+#define R_FIRST 76
+#define R_COUNT 80
+#define R_PARENT 84
+#define ENTRY_OUT_SIZE 128 /* struct fuse_entry_out (with struct fuse_attr, 88 bytes) */
+#define DIRENT_NAME_OFF 24 /* offsetof(struct fuse_dirent, name) */
+
+static uint32_t get32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t get64(const unsigned char *p)
+{
+    return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
+}
+
+typedef struct {
+    const unsigned char *base;
+    Py_ssize_t len;
+    uint64_t inode_off, dirent_off, pool_off, n_inodes;
+    uint64_t timeout_sec;
+    uint32_t timeout_nsec, blksize;
+    uint64_t dir_size;
+} View;
+
+/* The INODE record of `ino`, or NULL if it is not in the file. */
+static const unsigned char *record_of(const View *v, uint64_t ino)
+{
+    if (ino < 1 || ino > v->n_inodes)
+        return NULL;
+    uint64_t at = v->inode_off + (ino - 1) * INODE_SIZE;
+    return at + INODE_SIZE <= (uint64_t)v->len ? v->base + at : NULL;
+}
+
+/* One struct fuse_direntplus at `out` (room checked by the caller): what
+ * fill_entry() and convert_stat() of libfuse make of tree.stat(ino). */
+static int put_entry(const View *v, unsigned char *out, uint64_t ino, const unsigned char *name, uint32_t namelen,
+                     uint64_t off, size_t padded)
+{
+    const unsigned char *r = record_of(v, ino);
+    if (!r)
+        return -1;
+    uint32_t mode = get32(r + R_MODE), fmt = mode & S_IFMT;
+    uint64_t size = 0, blocks = 0;
+    if (fmt == S_IFREG) {
+        uint64_t stored = size = get64(r + R_SIZE);
+        uint32_t extra_len = get32(r + R_EXTRA_LEN);
+        if (extra_len) { /* a sparse map: "S" then (offset, length) pairs; holes are not stored */
+            uint64_t at = v->pool_off + get64(r + R_EXTRA_OFF);
+            if (at + extra_len > (uint64_t)v->len)
+                return -1;
+            stored = 0;
+            for (uint32_t i = 1; i + 16 <= extra_len; i += 16)
+                stored += get64(v->base + at + i + 8);
+        }
+        blocks = (stored + 511) / 512;
+    } else if (fmt == S_IFDIR) {
+        size = v->dir_size;
+        blocks = v->dir_size / 512;
+    } else if (fmt == S_IFLNK) {
+        size = get32(r + R_EXTRA_LEN); /* the target's length */
+    }
+    int64_t mtime = (int64_t)get64(r + R_MTIME);
+    uint64_t t = mtime > 0 ? (uint64_t)mtime : 0;
+    memset(out, 0, padded);
+    put64(out, ino);                      /* entry_out.nodeid */
+    put64(out + 16, v->timeout_sec);      /* entry_valid */
+    put64(out + 24, v->timeout_sec);      /* attr_valid */
+    put32(out + 32, v->timeout_nsec);
+    put32(out + 36, v->timeout_nsec);
+    unsigned char *a = out + 40;          /* struct fuse_attr */
+    put64(a, ino);
+    put64(a + 8, size);
+    put64(a + 16, blocks);
+    for (int k = 0; k < 3; k++) {
+        put64(a + 24 + 8 * k, t / 1000000000ULL);
+        put32(a + 48 + 4 * k, (uint32_t)(t % 1000000000ULL));
+    }
+    put32(a + 60, mode);
+    put32(a + 64, get32(r + R_NLINK));
+    put32(a + 68, get32(r + R_UID));
+    put32(a + 72, get32(r + R_GID));
+    put32(a + 76, (uint32_t)get64(r + R_RDEV)); /* dev_t cut to 32 bits, as libfuse does */
+    put32(a + 80, v->blksize);
+    unsigned char *d = out + ENTRY_OUT_SIZE; /* struct fuse_dirent */
+    put64(d, ino);
+    put64(d + 8, off);
+    put32(d + 16, namelen);
+    put32(d + 20, fmt >> 12);
+    memcpy(d + DIRENT_NAME_OFF, name, namelen);
+    return 0;
+}
+
+static size_t padded_size(uint32_t namelen)
+{
+    return (ENTRY_OUT_SIZE + DIRENT_NAME_OFF + namelen + 7) & ~(size_t)7;
+}
+
+static PyObject *readdirplus(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    View v;
+    unsigned long long ino, start;
+    Py_ssize_t size;
+    double timeout;
+    unsigned int blksize;
+    unsigned long long dir_size;
+    if (!PyArg_ParseTuple(args, "y*KKKKKKndIK", &buf, &v.inode_off, &v.dirent_off, &v.pool_off, &v.n_inodes, &ino,
+                          &start, &size, &timeout, &blksize, &dir_size))
+        return NULL;
+    v.base = buf.buf;
+    v.len = buf.len;
+    v.blksize = blksize;
+    v.dir_size = dir_size;
+    /* libfuse's calc_timeout_sec/_nsec */
+    v.timeout_sec = timeout <= 0 ? 0 : (uint64_t)timeout;
+    double frac = timeout - (double)v.timeout_sec;
+    v.timeout_nsec = frac <= 0 ? 0 : frac >= 0.999999999 ? 999999999 : (uint32_t)(frac * 1e9);
+    PyObject *result = NULL;
+    unsigned char *out = NULL;
+    const unsigned char *r = record_of(&v, ino);
+    if (!r || (get32(r + R_MODE) & S_IFMT) != S_IFDIR || size < 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    uint64_t first = get32(r + R_FIRST), count = get32(r + R_COUNT), parent = get32(r + R_PARENT);
+    if (start >= count + 2) {
+        result = PyBytes_FromStringAndSize("", 0);
+        goto done;
+    }
+    out = PyMem_Malloc(size ? (size_t)size : 1);
+    if (!out) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    size_t used = 0;
+    for (uint64_t id = start; id < count + 2; id++) {
+        const unsigned char *name;
+        uint32_t namelen;
+        uint64_t child;
+        if (id == 0) {
+            name = (const unsigned char *)".", namelen = 1, child = ino;
+        } else if (id == 1) {
+            name = (const unsigned char *)"..", namelen = 2, child = parent;
+        } else {
+            uint64_t at = v.dirent_off + (first + id - 2) * DIRENT_SIZE;
+            if (at + DIRENT_SIZE > (uint64_t)v.len)
+                goto corrupt;
+            uint64_t name_at = v.pool_off + get64(v.base + at);
+            namelen = get32(v.base + at + 8);
+            child = get32(v.base + at + 12);
+            if (name_at + namelen > (uint64_t)v.len || memchr(v.base + name_at, 0, namelen))
+                goto corrupt;
+            name = v.base + name_at;
+        }
+        size_t padded = padded_size(namelen);
+        if (padded > (size_t)size - used)
+            break;
+        if (put_entry(&v, out + used, child, name, namelen, id + 1, padded) < 0)
+            goto corrupt;
+        used += padded;
+    }
+    result = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)used);
+    goto done;
+corrupt:
+    result = Py_NewRef(Py_None); /* the Python handler reads the same records and says what is wrong */
+done:
+    PyMem_Free(out);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"layout", layout, METH_VARARGS, "The inode, dirent and pool sections of an index (see the module source)."},
+    {"readdirplus", readdirplus, METH_VARARGS, "A directory's FUSE readdirplus records (see the module source)."},
     {NULL, NULL, 0, NULL},
 };
 

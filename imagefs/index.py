@@ -262,6 +262,11 @@ class Index:
         (`attr` names them all; field order is INODE's)."""
         return INODE.unpack_from(self._mm, self._inodes + (ino - 1) * INODE.size)
 
+    def sections(self) -> tuple[mmap.mmap, int, int, int, int]:
+        """The mapped file with the offsets of its inode, dirent and pool sections
+        and the inode count: for readers in C (`_indexfast.readdirplus`)."""
+        return self._mm, self._inodes, self._dirents, self._pool, self.n_inodes
+
     def valid(self, ino: int) -> bool:
         return 1 <= ino <= self.n_inodes
 
