@@ -9,10 +9,9 @@ own (`daemon_pids`, `fusermount_unmount`, `reap_daemon`) for ``stress.py``,
 which mounts with options `Mounts` does not offer.
 
 The daemons are found by their command lines in ``/proc`` (what ``pgrep -f``
-reads): an imagefs daemon started as a fresh interpreter carries its
-mountpoint in its JSON request, one forked from ``imagefs mount`` keeps that
-command's arguments, and ratarmount has it as an argument.  Mountpoints are
-always passed as absolute paths, so the match is exact.
+reads): an imagefs daemon is forked from ``imagefs mount`` and keeps that
+command's arguments, and ratarmount has the mountpoint as an argument.
+Mountpoints are always passed as absolute paths, so the match is exact.
 """
 
 from __future__ import annotations
@@ -33,6 +32,8 @@ __all__ = [
 ]
 
 MOUNT_TIMEOUT = 900.0
+
+
 class BenchError(Exception):
     """A step of the benchmark failed; the message says which and why."""
 

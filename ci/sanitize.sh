@@ -18,6 +18,7 @@ trap restore EXIT
 # Where the built extensions are, asked before any is swapped (importing an
 # instrumented one without the ASan runtime preloaded fails).
 read -r -a sos <<<"$($PY -c 'import imagefs._tarfast as t, imagefs._indexfast as i; print(t.__file__, i.__file__)')"
+[ "${#sos[@]}" -eq 2 ] || { echo "ci/sanitize.sh: the C extensions are not built (run ci/setup.sh)" >&2; exit 1; }
 for so in "${sos[@]}"; do
   mod=$(basename "$so"); mod=${mod%%.*}
   cp "$so" "$so.orig"

@@ -21,7 +21,6 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import pyfuse3
 
-from . import index as _index_module
 from .index import R_COUNT, R_MODE, R_PARENT
 from .tree import DIR_SIZE, ImageTree, Stat
 
@@ -202,10 +201,7 @@ class ReadOnlyOperations(pyfuse3.Operations):
         """readdir's reply made in C from the index, for pyfuse3 patch level 7 to send
         as it is: the same records without a Python call per entry (a first `find`
         spends a third of the daemon's time in them).  None: let readdir answer."""
-        fast = _index_module._indexfast
-        if fast is None:
-            return None
-        return fast.readdirplus(*self.tree.index.sections(), fh, start_id, size, self.timeout, BLKSIZE, DIR_SIZE)
+        return self.tree.index.readdirplus(fh, start_id, size, self.timeout, BLKSIZE, DIR_SIZE)
 
     @_errno_boundary
     async def releasedir(self, fh: int) -> None:

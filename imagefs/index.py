@@ -163,11 +163,12 @@ def _layout(root: Node, encode_extras: Callable[[Member], tuple[bytes, bytes]]) 
         ino = n + 1
         extra_off = extra_len = 0
         xattr_off = xattr_len = 0
+        has_sparse = m.kind != stat.S_IFLNK and m.sparse is not None  # a symlink's extra is its target
         if m.kind == stat.S_IFLNK:
             extra_off, extra_len = pool.add(m.linkname), len(m.linkname)
-        if (m.kind != stat.S_IFLNK and m.sparse is not None) or m.xattrs:
+        if has_sparse or m.xattrs:
             sparse, xattrs = encode_extras(m)
-            if m.kind != stat.S_IFLNK and m.sparse is not None:
+            if has_sparse:
                 extra_off, extra_len = pool.add(sparse), len(sparse)
             if m.xattrs:
                 with_xattrs += 1
@@ -262,10 +263,16 @@ class Index:
         (`attr` names them all; field order is INODE's)."""
         return INODE.unpack_from(self._mm, self._inodes + (ino - 1) * INODE.size)
 
-    def sections(self) -> tuple[mmap.mmap, int, int, int, int]:
-        """The mapped file with the offsets of its inode, dirent and pool sections
-        and the inode count: for readers in C (`_indexfast.readdirplus`)."""
-        return self._mm, self._inodes, self._dirents, self._pool, self.n_inodes
+    def readdirplus(self, ino: int, start: int, size: int, timeout: float, blksize: int,
+                    dir_size: int) -> bytes | None:
+        """Directory ``ino``'s entries from listing position ``start`` as the FUSE
+        protocol's readdirplus records, at most ``size`` bytes (made in C, see
+        `_indexfast.readdirplus`).  None without the C half or when ``ino`` is
+        not a directory: the caller's own readdir answers then."""
+        if _indexfast is None:
+            return None
+        return _indexfast.readdirplus(self._mm, self._inodes, self._dirents, self._pool, self.n_inodes, ino, start,
+                                      size, timeout, blksize, dir_size)
 
     def valid(self, ino: int) -> bool:
         return 1 <= ino <= self.n_inodes

@@ -357,9 +357,6 @@ def spawn_daemon(request: dict[str, object], mountpoint: str, log_file: str | No
             status.append(os.waitstatus_to_exitcode(st))
         return status[0]
 
-    def stop() -> None:
-        os.kill(pid, signal.SIGTERM)
-
     text = _wait_ready(rfd)
     if text == "ok":
         return
@@ -370,7 +367,7 @@ def spawn_daemon(request: dict[str, object], mountpoint: str, log_file: str | No
         while exited() is None and time.monotonic() < deadline:
             time.sleep(0.02)
     if exited() is None:
-        stop()
+        os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 5
         while exited() is None and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -90,15 +92,26 @@ def test_the_child_does_not_outlive_its_parent(tmp_path) -> None:
         os.waitpid(middle, 0)
 
 
-def _print_and_return() -> str:
-    print("from the child")
+_PRINTS_AROUND_A_FORK = """
+from imagefs.isolate import in_child
+
+def child():
+    print("from the child")  # left in the child's buffer unless in_child flushes it
     return "done"
 
+print("before", end="")  # unflushed when the fork happens: stdout is a pipe, block-buffered
+assert in_child(child) == "done"
+"""
 
-def test_output_is_neither_lost_nor_doubled(capfd: pytest.CaptureFixture[str]) -> None:
-    print("before", end="")  # unflushed when the fork happens
-    assert in_child(_print_and_return) == "done"
-    out = capfd.readouterr().out
+
+def test_output_is_neither_lost_nor_doubled() -> None:
+    # In a process of its own: under pytest's capture stdout is written through
+    # at once, so nothing would be buffered at the fork.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    r = subprocess.run([sys.executable, "-c", _PRINTS_AROUND_A_FORK], capture_output=True, text=True, timeout=60,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
     assert out.count("before") == 1 and "from the child" in out
 
 

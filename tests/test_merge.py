@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import random
 import stat
+import struct
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -509,5 +510,5 @@ def test_c_index_writer_refuses_what_struct_refuses(index_writer: str) -> None:
     root.children[b"big"] = Node(Member(b"big", stat.S_IFREG, 0o644, 2**32, 0, 0, 0, b"", 0, 0, (), None), 0)
     with pytest.raises(OverflowError):
         index._indexfast.layout(root, index._encode_extras)
-    with pytest.raises(Exception):  # struct.error
+    with pytest.raises(struct.error):
         index._layout(root, index._encode_extras)

@@ -53,7 +53,7 @@ def reference(tree: ImageTree, ino: int, start: int, size: int, timeout: float) 
 
 
 def records(tree: ImageTree, ino: int, start: int, size: int, timeout: float = CACHE_TIMEOUT) -> bytes | None:
-    return index_module._indexfast.readdirplus(*tree.index.sections(), ino, start, size, timeout, BLKSIZE, DIR_SIZE)
+    return tree.index.readdirplus(ino, start, size, timeout, BLKSIZE, DIR_SIZE)
 
 
 @pytest.fixture(scope="module")
