@@ -38,6 +38,10 @@ stock pyfuse3 too, only slower.
    which imagefs makes in C from its index) are sent as the reply at once;
    anything else (None, an exception) falls back to readdir().  A first `find` spent a third of the
    daemon's time building the same records one Python call per entry.
+8. (level 8) ``-o max_read=N`` works: libfuse refuses the kernel's INIT
+   unless the init handler repeats the mount's max_read in the connection
+   info, which stock pyfuse3 leaves at 0 (the mount dies with EPROTO).  The
+   init handler now copies ``operations.imagefs_max_read``.
 
 Usage: python3 ci/patch_pyfuse3.py SOURCE_DIR   (an unpacked pyfuse3 sdist)
        python3 ci/patch_pyfuse3.py --level      (print the patch level this script makes)
@@ -47,11 +51,18 @@ Usage: python3 ci/patch_pyfuse3.py SOURCE_DIR   (an unpacked pyfuse3 sdist)
 import pathlib
 import sys
 
-LEVEL = 7
+LEVEL = 8
 VERSION = "3.5.0"  # the hunks below match this release's sources only
 
 # (file relative to the sdist, text that must occur exactly once, replacement)
 HUNKS = [
+    ("src/pyfuse3/handlers.pxi",
+     """    conn.want &= ~(<unsigned> FUSE_CAP_READDIRPLUS_AUTO)
+""",
+     """    conn.want &= ~(<unsigned> FUSE_CAP_READDIRPLUS_AUTO)
+    # imagefs: libfuse refuses the INIT unless this repeats -o max_read=N (0: none given)
+    conn.max_read = getattr(operations, 'imagefs_max_read', 0)
+"""),
     ("src/pyfuse3/handlers.pxi",
      """    c.off = off
     c.fh = fi.fh

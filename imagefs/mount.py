@@ -1,14 +1,15 @@
 """Serving a tree on a mountpoint: options, the daemon, readiness, signals, unmount.
 
-``imagefs mount`` builds (or reuses) the index in the calling process, where
-progress and errors reach the user's terminal, and then starts the daemon as
-a fresh process that only maps the index: its memory holds no trace of the
-indexing.  The daemon reports on a pipe once the kernel mount exists; the
-caller exits 0 only then, or prints the daemon's one-line error.
+``imagefs mount`` builds (or reuses) the index in a child process, where
+progress and errors still reach the user's terminal, and then forks the
+daemon from itself: the daemon only maps the index, and its memory holds no
+trace of the indexing.  The daemon reports on a pipe once the kernel mount
+answers; the caller exits 0 only then, or prints the daemon's one-line error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -21,7 +22,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .errors import ImageFSError, MountError
 
@@ -52,6 +53,18 @@ class MountOptions:
     def ro(self) -> bool:
         return self.overlay is None
 
+    @property
+    def max_read(self) -> int:
+        """The ``-o max_read=N`` given (the last one, as mount(8) reads them), 0 if none."""
+        n = 0
+        for o in self.extra:
+            if o.startswith("max_read="):
+                value = o[len("max_read="):]
+                if not value.isdigit() or int(value) == 0:
+                    raise MountError(f"-o {o}: max_read takes a number of bytes")
+                n = int(value)
+        return n
+
 
 def fuse_options(opts: MountOptions) -> set[str]:
     """The libfuse mount options for ``opts``: our defaults, then the user's."""
@@ -66,6 +79,12 @@ def fuse_options(opts: MountOptions) -> set[str]:
         if o.startswith("fsname="):
             out = {x for x in out if not x.startswith("fsname=")}
         out.add(o)
+    if opts.max_read:
+        from .fuseops import PATCH_LEVEL
+
+        if PATCH_LEVEL < 8:
+            # Stock pyfuse3 cannot repeat max_read at INIT, and libfuse then refuses the mount.
+            raise MountError("-o max_read needs the pyfuse3 that imagefs patches (ci/setup.sh installs it)")
     if opts.allow_other:
         out.add("allow_other")
     if opts.debug:
@@ -148,14 +167,23 @@ def serve(tree: "ImageTree", mountpoint: str, opts: MountOptions, on_ready: Call
         ops = OverlayOperations(Overlay(tree, opts.overlay))
     else:
         ops = ReadOnlyOperations(tree)
+    # Read by the patched pyfuse3's INIT handler (level 8), which libfuse
+    # insists repeat the mount's max_read.
+    ops.imagefs_max_read = opts.max_read  # type: ignore[attr-defined]
     # From the moment the mount exists until the handlers are in place, a
     # signal would kill the daemon and leave the mount stale: hold them.
     held = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
-        try:
-            pyfuse3.init(ops, mountpoint, fuse_options(opts))
-        except RuntimeError as e:
-            raise MountError(f"cannot mount {mountpoint}: {e}") from None
+        # libfuse says why it fails on stderr (an unknown option, a refused
+        # mount); pyfuse3 says only that it failed.
+        with _stderr_captured() as said:
+            try:
+                pyfuse3.init(ops, mountpoint, fuse_options(opts))
+                error = ""
+            except RuntimeError as e:
+                error = str(e)
+        if error:
+            raise MountError(f"cannot mount {mountpoint}: {said[-1] if said else error}")
         try:
             # The read-only handlers never suspend, so with the patched pyfuse3
             # they run without trio's event loop and its ~100 us per request.
@@ -168,6 +196,29 @@ def serve(tree: "ImageTree", mountpoint: str, opts: MountOptions, on_ready: Call
             pyfuse3.close(unmount=True)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """Catch what is written to file descriptor 2 (C libraries included) while
+    the block runs.  Yields a list that holds the lines written once the block
+    has ended; they are also passed on to the real stderr (the daemon's log)."""
+    said: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    tmp = os.memfd_create("imagefs-stderr", os.MFD_CLOEXEC)
+    os.dup2(tmp, 2)
+    try:
+        yield said
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        data = os.pread(tmp, 1 << 16, 0)
+        os.close(tmp)
+        said.extend(line for line in data.decode(errors="replace").splitlines() if line.strip())
+        if data:
+            os.write(2, data)
 
 
 def _serve_without_loop(pyfuse3: Any, mountpoint: str, on_ready: Callable[[], None] | None,
@@ -440,6 +491,10 @@ def run_daemon(request: dict[str, object], ready_fd: int) -> None:
                             allow_other=bool(request.get("allow_other")),
                             overlay=request.get("overlay"))  # type: ignore[arg-type]
         serve(tree, str(request["mountpoint"]), opts, on_ready=lambda: report("ok"))
+        # Served and ended without ever being ready: libfuse gave up during the
+        # kernel's INIT handshake (its reason went to the log).
+        report("error: the FUSE handshake with the kernel failed; "
+               "--foreground --debug shows libfuse's reason")
     except ImageFSError as e:
         report(f"error: {e}")
         sys.exit(1)
