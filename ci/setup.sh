@@ -32,6 +32,9 @@ if ! .venv/bin/python -c "import pyfuse3._pyfuse3 as p; assert p.IMAGEFS_PATCH =
      && .venv/bin/python ci/patch_pyfuse3.py "$src/pyfuse3-$PYFUSE3_VERSION" \
      && .venv/bin/python -m pip install -q --force-reinstall --no-deps "$src/pyfuse3-$PYFUSE3_VERSION"; then
     echo "ci/setup.sh: installed pyfuse3 $PYFUSE3_VERSION with imagefs patch level $PATCH_LEVEL" >&2
+  elif [ -n "${IMAGEFS_REQUIRE_C:-}" ]; then
+    echo "ci/setup.sh: could not build the patched pyfuse3 (IMAGEFS_REQUIRE_C is set: the tests need it)" >&2
+    exit 1
   else
     echo "ci/setup.sh: warning: could not build the patched pyfuse3; using the stock one (slower opens)" >&2
   fi
