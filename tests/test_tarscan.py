@@ -811,6 +811,29 @@ def test_pax_headers_read_the_same_in_c_and_python(scanner: str, records: list[t
     assert with_c == _scan_outcome(data)
 
 
+@pytest.mark.parametrize("records", [
+    [(b"path", b"x" * 300)], [(b"linkpath", b"../" * 40 + b"t")], [(b"size", b"5")], [(b"uid", b"70000")],
+    [(b"gid", b"0009")], [(b"mtime", b"1700000000.123456789")], [(b"mtime", b"1700000000")],
+    [(b"path", b"p/" * 100 + b"f"), (b"mtime", b"1.5"), (b"uid", b"1"), (b"gid", b"2"), (b"size", b"5")],
+])
+@pytest.mark.parametrize("scanner", ["c"], indirect=True)
+def test_the_c_path_itself_takes_the_pax_records_writers_use(scanner: str, records: list[tuple[bytes, bytes]],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The differential cases above would pass if C left every PAX header to
+    Python; these well-formed ones (what Go, GNU tar and Python write) it must take."""
+    from imagefs import tarscan
+
+    data = entry(b"before", b"b") + pax(records) + entry(b"name", b"12345") + entry(b"after", b"a") + EOA
+    python_parse = []
+    real_checksum = tarscan._checksum_ok
+    monkeypatch.setattr(tarscan, "_checksum_ok", lambda h, at: python_parse.append(at) or real_checksum(h, at))
+    with_c = members(data)
+    assert python_parse == []
+    assert len(with_c) == 3
+    monkeypatch.setattr(tarscan, "_tarfast", None)
+    assert members(data) == with_c
+
+
 @pytest.mark.parametrize("scanner", ["c"], indirect=True)
 def test_the_c_path_takes_pax_headers_across_read_ahead_boundaries(scanner: str,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
