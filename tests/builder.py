@@ -239,6 +239,18 @@ class ByteReader:
         return self.data[offset:offset + n]
 
 
+def pax_records(records: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """PAX extended header data: ``"LEN key=value\\n"`` records, LEN counting itself."""
+    out = b""
+    for key, value in records:
+        body = b" " + key + b"=" + value + b"\n"
+        n = len(body) + 1
+        while len(str(n)) + len(body) != n:
+            n += 1
+        out += str(n).encode() + body
+    return out
+
+
 def raw_header(name: bytes, size: int = 0, typeflag: bytes = b"0", mode: int = 0o644, linkname: bytes = b"",
                uid: int | bytes = 0, gid: int = 0, mtime: int = MTIME, magic: bytes = b"ustar\x0000",
                prefix: bytes = b"", size_field: bytes | None = None, checksum: int | None = None) -> bytes:

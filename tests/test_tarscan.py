@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import MTIME, ByteReader, device, dir, fifo, file, hardlink, layer_tar, raw_header, symlink
+from builder import (MTIME, ByteReader, device, dir, fifo, file, hardlink, layer_tar, pax_records, raw_header,
+                     symlink)
 from conftest import c_half_or_python
 from imagefs.errors import ArchiveError, TarFormatError
 from imagefs.tarscan import BLOCK, HARDLINK, Member, scan
@@ -48,18 +49,6 @@ def by_path(data: bytes) -> dict[bytes, Member]:
 
 def pad(data: bytes) -> bytes:
     return data + bytes(-len(data) % BLOCK)
-
-
-def pax_records(records: list[tuple[bytes, bytes]]) -> bytes:
-    """``"LEN key=value\\n"`` records, LEN counting itself."""
-    out = b""
-    for key, value in records:
-        body = b" " + key + b"=" + value + b"\n"
-        n = len(body) + 1
-        while len(str(n)) + len(body) != n:
-            n += 1
-        out += str(n).encode() + body
-    return out
 
 
 def pax(records: list[tuple[bytes, bytes]], typeflag: bytes = b"x", raw: bytes | None = None) -> bytes:

@@ -503,21 +503,9 @@ def with_checksum(hdr: bytes | bytearray) -> bytes:
     return bytes(h)
 
 
-def pax_records(records: Sequence[tuple[bytes, bytes]]) -> bytes:
-    """``"LEN key=value\\n"`` records, LEN counting itself."""
-    out = b""
-    for key, value in records:
-        body = b" " + key + b"=" + value + b"\n"
-        n = len(body) + 1
-        while len(str(n)) + len(body) != n:
-            n += 1
-        out += str(n).encode() + body
-    return out
-
-
 def pax(records: Sequence[tuple[bytes, bytes]], typeflag: bytes = b"x") -> bytes:
     """A PAX extended ('x') or global ('g') header with its data blocks."""
-    from builder import raw_header
+    from builder import pax_records, raw_header
 
     data = pax_records(records)
     return raw_header(b"PaxHeader/x", size=len(data), typeflag=typeflag) + pad(data)
@@ -677,7 +665,7 @@ def tmpdir() -> str:
 
 
 __all__ = [
-    "EOA", "crc32_combine", "entry", "gzip_bomb", "pad", "pax", "pax_records", "with_checksum", "write_blob_archive",
+    "EOA", "crc32_combine", "entry", "gzip_bomb", "pad", "pax", "with_checksum", "write_blob_archive",
     "BytesReader", "KNOWN_BUGS", "KnownBug", "Runaway", "TreeReport", "Violation", "archive_haystack",
     "archive_target", "build_target", "check_images", "check_index", "check_members", "check_tree",
     "deadline", "known_bug", "known_regressions", "member_from_json", "member_to_json", "merge_target",
