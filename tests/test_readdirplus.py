@@ -2,8 +2,8 @@
 
 pyfuse3 (patch level 7) sends these bytes as the reply instead of calling
 readdir, so they must be what readdir's entries become through pyfuse3 and
-libfuse's fuse_add_direntry_plus.  The reference below builds them the way
-libfuse does, from what ImageTree.stat says (the attributes readdir uses).
+libfuse's fuse_add_direntry_plus.  The reference runs the Python readdir with
+a readdir_reply that encodes each entry the way libfuse does.
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ import stat
 import struct
 from typing import Iterator
 
+import pyfuse3
 import pytest
 
 from builder import device, dir, fifo, file, hardlink, symlink, write_docker_archive
 from conftest import require_c_half
 from imagefs import BuildOptions, ImageTree
 from imagefs import index as index_module
-from imagefs.fuseops import BLKSIZE, CACHE_TIMEOUT
-from imagefs.index import R_PARENT, ROOT_INO
+from imagefs.fuseops import BLKSIZE, CACHE_TIMEOUT, ReadOnlyOperations
+from imagefs.index import ROOT_INO
 from imagefs.tree import DIR_SIZE
 
 ENTRY_OUT = struct.Struct("<QQQQII")  # nodeid generation entry_valid attr_valid entry_valid_nsec attr_valid_nsec
@@ -28,28 +29,46 @@ ATTR = struct.Struct("<QQQQQQIIIIIIIIII")  # struct fuse_attr (88 bytes)
 DIRENT = struct.Struct("<QQII")  # ino off namelen type, then the name
 
 
+def _libfuse_record(e: pyfuse3.EntryAttributes, name: bytes, next_id: int) -> bytes:
+    """What libfuse's fuse_add_direntry_plus writes for one readdir_reply (padded to 8)."""
+    def timeout(t: float) -> tuple[int, int]:  # libfuse's calc_timeout_sec / calc_timeout_nsec
+        sec = int(t)
+        return sec, min(int((t - sec) * 1e9), 999_999_999)
+
+    (esec, ensec), (asec, ansec) = timeout(e.entry_timeout), timeout(e.attr_timeout)
+    times = [divmod(ns, 10**9) for ns in (e.st_atime_ns, e.st_mtime_ns, e.st_ctime_ns)]
+    rec = ENTRY_OUT.pack(e.st_ino, e.generation, esec, asec, ensec, ansec) + ATTR.pack(
+        e.st_ino, e.st_size, e.st_blocks, times[0][0], times[1][0], times[2][0], times[0][1], times[1][1],
+        times[2][1], e.st_mode, e.st_nlink, e.st_uid, e.st_gid, e.st_rdev & 0xFFFFFFFF, e.st_blksize, 0,
+    ) + DIRENT.pack(e.st_ino, next_id, len(name), stat.S_IFMT(e.st_mode) >> 12) + name
+    return rec + bytes(-len(rec) % 8)
+
+
 def reference(tree: ImageTree, ino: int, start: int, size: int, timeout: float) -> bytes:
-    """fuse_add_direntry_plus of readdir's entries from position ``start`` (0 ".", 1 "..")."""
-    entries = [(b".", ino), (b"..", tree.index.record(ino)[R_PARENT])]
-    entries += [(name, child) for _pos, name, child in tree.entries(ino)]
-    sec = int(timeout)
-    nsec = min(int((timeout - sec) * 1e9), 999_999_999)
-    out = b""
-    for i in range(start, len(entries)):
-        name, child = entries[i]
-        st = tree.stat(child)
-        times = []
-        for ns in (st.atime_ns, st.mtime_ns, st.ctime_ns):
-            times.append(divmod(ns, 10**9))
-        rec = ENTRY_OUT.pack(child, 0, sec, sec, nsec, nsec) + ATTR.pack(
-            child, st.size, st.blocks, times[0][0], times[1][0], times[2][0], times[0][1], times[1][1], times[2][1],
-            st.mode, st.nlink, st.uid, st.gid, st.rdev & 0xFFFFFFFF, BLKSIZE, 0,
-        ) + DIRENT.pack(child, i + 1, len(name), stat.S_IFMT(st.mode) >> 12) + name
-        rec += bytes(-len(rec) % 8)
+    """The reply pyfuse3 and libfuse make of the Python readdir's entries, from
+    ``start`` and into ``size`` bytes: readdir itself decides "." and "..", the
+    offsets and where the listing ends; libfuse's encoding is done here."""
+    out = bytearray()
+
+    def readdir_reply(_token: object, name: bytes, e: pyfuse3.EntryAttributes, next_id: int) -> bool:
+        rec = _libfuse_record(e, name, next_id)
         if len(out) + len(rec) > size:
-            break
-        out += rec
-    return out
+            return False  # libfuse's answer when the buffer is full
+        out.extend(rec)
+        return True
+
+    ops = ReadOnlyOperations(tree, timeout=timeout)
+    saved = pyfuse3.readdir_reply
+    pyfuse3.readdir_reply = readdir_reply
+    try:
+        ops.readdir(ino, start, None).send(None)
+    except StopIteration:
+        pass
+    else:
+        raise AssertionError("readdir suspended")
+    finally:
+        pyfuse3.readdir_reply = saved
+    return bytes(out)
 
 
 def records(tree: ImageTree, ino: int, start: int, size: int, timeout: float = CACHE_TIMEOUT) -> bytes | None:
