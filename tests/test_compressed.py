@@ -179,11 +179,15 @@ def test_gzip_stream_crosses_members_and_falls_back_on_trailing_garbage(tmp_path
     (tmp_path / "a").mkdir()
     blob = _gzip_blob(tmp_path / "a", two_members)
     assert b"".join(blob.pread(1 << 20, off) for off in range(0, len(LAYER), 1 << 20)) == LAYER
+    assert blob._stream is not None and blob._stream.pos == len(LAYER), "zlib stopped at the member boundary"
+    assert blob._imported  # and never handed over to indexed_gzip
 
     padded = gzip.compress(LAYER, mtime=0) + bytes(4096)  # some writers pad the blob
     (tmp_path / "b").mkdir()
     blob = _gzip_blob(tmp_path / "b", padded)
     assert b"".join(blob.pread(1 << 20, off) for off in range(0, len(LAYER), 1 << 20)) == LAYER
+    assert blob.pread(10, len(LAYER)) == b""  # inflating on meets the padding...
+    assert blob._stream is None and not blob._imported  # ...and indexed_gzip takes over for good
     assert blob.pread(10, len(LAYER) - 10) == LAYER[-10:]
 
 
