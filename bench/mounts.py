@@ -1,4 +1,4 @@
-"""Mounting imagefs and ratarmount for a measurement, and always unmounting them again.
+"""Mounting imagefs, ratarmount and blobfs for a measurement, and always unmounting them again.
 
 `Mounts` remembers every mount it made.  `Mounts.close` (also on the way out
 of a ``with`` block, whatever happened) removes each with ``fusermount3 -u``,
@@ -90,11 +90,13 @@ def _serves(kind: str, argv: list[str], mp: str) -> bool:
         # forked from `imagefs mount` (after the command itself has exited): its command line
         return ("mount" in argv and any(a.endswith(("imagefs", "cli.py")) for a in argv[:3])
                 and os.path.isabs(argv[-1]) and os.path.normpath(argv[-1]) == mp)
+    if kind == "blobfs":
+        return bool(argv) and argv[0].endswith("blobfs") and mp in argv
     return any("ratarmount" in a for a in argv[:2]) and mp in argv
 
 
 def daemon_pids(kind: str, mp: str) -> list[int]:
-    """The live processes (this one aside) serving ``mp`` as ``kind`` ("imagefs" or "ratarmount")."""
+    """The live processes (this one aside) serving ``mp`` as ``kind`` ("imagefs", "ratarmount", "blobfs")."""
     mp = os.path.abspath(mp)
     return [pid for pid, argv in _cmdlines().items()
             if pid != os.getpid() and _serves(kind, argv, mp) and _alive(pid)]
@@ -207,6 +209,20 @@ class Mounts:
         mp = self._prepare(mp)
         argv = [self.tools.ratarmount, "--index-file", index_file, archive, mp]
         return self._run_mount("ratarmount", argv, mp)
+
+    def blobfs(self, archive: str, offset: int, length: int, mp: str) -> Mounted:
+        """bench/blobfs.c serving ``length`` bytes of ``archive`` at ``offset`` as ``mp/blob``,
+        with the 1 MiB readahead imagefs gives its own mounts (root only, as there)."""
+        assert self.tools.blobfs is not None
+        mp = self._prepare(mp)
+        m = self._run_mount("blobfs", [self.tools.blobfs, archive, str(offset), str(length), mp], mp)
+        dev = os.stat(mp).st_dev
+        try:
+            with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb", "w") as f:
+                f.write("1024")
+        except OSError as e:
+            self.log(f"blobfs: readahead stays at the kernel's default: {e.strerror}")
+        return m
 
     def adopt(self, kind: str, mp: str, seconds: float) -> Mounted:
         """Take over a mount made outside `Mounts` (e.g. under py-spy) so that it is removed too."""

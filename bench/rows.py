@@ -95,6 +95,13 @@ def build_rows(m: dict[str, Any], s: Scale, data: dict[str, dict[str, Any]]) -> 
         v = m.get(key + ".samples")
         return f"samples {', '.join(f'{x:.3f}' for x in v)} s" if v else ""
 
+    def floor_note(n: int) -> str:
+        # What the kernel's FUSE path gives at best: bench/blobfs.c, a C server doing only pread + reply.
+        floor, ref = _tp(m, f"blobfs.cat{n}", size), _tp(m, "archive.read", size)
+        if floor.value is None or not ref.value:
+            return ""
+        return f"minimal C FUSE server (bench/blobfs.c): {floor.text()}, {floor.value / ref.value:.2f}x"
+
     def second_note(w: str) -> str:
         return "not run: the first pass was cut at the cap" if cut(f"imagefs.{w}1") else cpu_note(w, 2)
 
@@ -129,9 +136,9 @@ def build_rows(m: dict[str, Any], s: Scale, data: dict[str, dict[str, Any]]) -> 
         TargetRow(f"grep -r, {big}, second pass", _t(m, "imagefs.grep2"), "extracted tree",
                   _t(m, "extracted.grep2"), "ratio<=", 1.5, "≤ 1.5x extracted", second_note("grep")),
         TargetRow(f"cat {bigfile} file, first read", _tp(m, "imagefs.cat1", size), "archive bytes (dd)",
-                  _tp(m, "archive.read", size), "ratio>=", 0.5, "≥ 0.5x throughput"),
+                  _tp(m, "archive.read", size), "ratio>=", 0.5, "≥ 0.5x throughput", floor_note(1)),
         TargetRow(f"cat {bigfile} file, second read", _tp(m, "imagefs.cat2", size), "archive bytes (dd)",
-                  _tp(m, "archive.read", size), "ratio>=", 0.9, "≥ 0.9x throughput"),
+                  _tp(m, "archive.read", size), "ratio>=", 0.9, "≥ 0.9x throughput", floor_note(2)),
         TargetRow(f"gzip layer {gz_size}: 4 KiB read at random offset, median", _pread(m, "imagefs.gzip_pread"),
                   "ratarmount", _pread(m, "ratarmount.gzip_pread"), "value<=", 10, "≤ 10 ms", pread_note()),
         TargetRow(f"gzip layer {gz_size}: all files read in order", _seq(m, "imagefs.gzip_seq"), "gzip -dc | wc -c",

@@ -273,6 +273,12 @@ class Bench:
             self.timed(f"{kind}.cat1", wl.cat(path, self.s.cap))
             self.timed(f"{kind}.cat2", wl.cat(path, self.s.cap))
             self.mounts.unmount(mnt.mountpoint)
+        if self.tools.blobfs is not None:  # the floor: the same bytes through the least a FUSE server can do
+            mnt = self.mounts.blobfs(d["archive_path"], d["offset_in_archive"], size, self.mp("blobfs-bigfile"))
+            path = os.path.join(mnt.mountpoint, "blob")
+            self.timed("blobfs.cat1", wl.cat(path, self.s.cap))
+            self.timed("blobfs.cat2", wl.cat(path, self.s.cap))
+            self.mounts.unmount(mnt.mountpoint)
 
     def section_gzip(self) -> None:
         d = self.data["gzip"]

@@ -4,7 +4,10 @@ imagefs is the checkout's own (``<project>/.venv/bin/imagefs``, then an
 ``imagefs`` on PATH, then ``python cli.py`` with the running interpreter;
 ``--imagefs`` overrides).  ratarmount and py-spy come from PyPI into a
 venv of their own under the work directory, so they never touch the
-project's environment; it is created once and reused.
+project's environment; it is created once and reused.  ``bench/blobfs.c``,
+the minimal C FUSE server that shows what the kernel's FUSE path itself
+gives a `cat`, is compiled into the work directory (when gcc and
+libfuse3-dev are there).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Tools:
     ratarmount: str
     py_spy: str
     fusermount: str
+    blobfs: str | None = None  # the minimal C FUSE server, if it could be built
 
 
 def _imagefs_command(override: str | None) -> tuple[str, ...]:
@@ -79,4 +83,22 @@ def find_tools(workdir: str, imagefs_override: str | None, log: Callable[[str], 
     _check_imagefs(cmd)
     bin_dir = _peer_venv(workdir, log)
     return Tools(imagefs=cmd, ratarmount=os.path.join(bin_dir, "ratarmount"),
-                 py_spy=os.path.join(bin_dir, "py-spy"), fusermount=fusermount)
+                 py_spy=os.path.join(bin_dir, "py-spy"), fusermount=fusermount, blobfs=_build_blobfs(workdir, log))
+
+
+def _build_blobfs(workdir: str, log: Callable[[str], None]) -> str | None:
+    """bench/blobfs.c compiled into ``workdir`` (again when the source is newer); None,
+    logged, where there is no compiler or libfuse3-dev: the `cat` rows then lack that peer."""
+    src = os.path.join(PROJECT, "bench", "blobfs.c")
+    out = os.path.join(workdir, "blobfs")
+    if os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(src):
+        return out
+    try:
+        flags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True, text=True,
+                               check=True).stdout.split()
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", out, src, *flags], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        why = getattr(e, "stderr", None) or str(e)
+        log(f"bench: cannot build bench/blobfs.c (the minimal C FUSE peer): {why.strip().splitlines()[-1]}")
+        return None
+    return out
