@@ -41,7 +41,9 @@ stock pyfuse3 too, only slower.
 8. (level 8) ``-o max_read=N`` works: libfuse refuses the kernel's INIT
    unless the init handler repeats the mount's max_read in the connection
    info, which stock pyfuse3 leaves at 0 (the mount dies with EPROTO).  The
-   init handler now copies ``operations.imagefs_max_read``.
+   init handler now copies ``operations.imagefs_max_read``.  And the lazy
+   trio of level 4 replaces itself with the module on first use, rather than
+   run an import statement on every use (the trio loop uses it per request).
 
 Usage: python3 ci/patch_pyfuse3.py SOURCE_DIR   (an unpacked pyfuse3 sdist)
        python3 ci/patch_pyfuse3.py --level      (print the patch level this script makes)
@@ -242,7 +244,10 @@ class _LazyTrio:
     uses it.  pyfuse3.asyncio still replaces this module attribute.'''
 
     def __getattr__(self, name):
+        global trio
         import trio as real
+        if isinstance(trio, _LazyTrio):
+            trio = real  # from now on the module itself, with no call per use
         return getattr(real, name)
 
 

@@ -401,6 +401,22 @@ def test_max_read_option(mounted: Mounter, rich_archive: Path, tmp_path: Path, o
     assert (m.mountpoint / "data/big").read_bytes() == BIG
 
 
+def test_read_only_mount_served_by_trio(mounted: Mounter, rich_archive: Path) -> None:
+    """The trio loop serves read-only mounts where pyfuse3 lacks imagefs_serve
+    (stock pyfuse3); CI has the patched one, so take it away here."""
+    code = ("import runpy, sys, pyfuse3; del pyfuse3.imagefs_serve; sys.argv.pop(0); "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    mounted.cli = [sys.executable, "-c", code, str(PROJECT_ROOT / "cli.py")]
+    m = mounted(rich_archive)
+    assert (m.mountpoint / "data/big").read_bytes() == BIG
+    assert sorted(os.listdir(m.mountpoint / "usr/bin")) == ["all", "none", "su", "wall"]
+    assert os.readlink(m.mountpoint / "etc/rel") == "hello"
+    pids = m.daemon_pids()
+    assert len(pids) == 1
+    os.kill(pids[0], signal.SIGTERM)  # the trio loop's signal handling unmounts
+    assert wait_until(lambda: not is_mounted(m.mountpoint) and not process_alive(pids[0]))
+
+
 def test_mount_returns_only_when_ready_and_umount(mounted: Mounter, rich_archive: Path) -> None:
     m = mounted(rich_archive)
     # exit status 0 means usable now: no waiting needed
