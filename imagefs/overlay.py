@@ -481,10 +481,19 @@ class Overlay:
             os.close(os.open(self.up(src.path) + b"/" + OPAQUE, os.O_WRONLY | os.O_CREAT, 0o644))
         if self._lower_had(sp, sname) and not self._hides_lower(sp.path, sname):
             self._whiteout(sp, sname)
+        aside = None
         if dst is not None and dst.upper and src_dir:
-            shutil.rmtree(self.up(target))  # empty in the merged view: only whiteouts inside
+            # DIR's copy of the target holds only whiteouts (it is empty in the merged
+            # view), and rename(2) will not replace a non-empty directory.  Removing it
+            # first would let a crash bring back the image files those whiteouts hide:
+            # hide the whole target with .wh.NAME, then move the copy aside.
+            self._whiteout(dp, dname)
+            aside = self._tmp_name(dp.path)
+            os.rename(self.up(target), aside)
         os.rename(self.up(src.path), self.up(target))
         self._drop_whiteout(dp, dname)
+        if aside is not None:
+            shutil.rmtree(aside)
         if src_dir and self._lower_had(dp, dname) and not os.path.lexists(self.up(target) + b"/" + OPAQUE):
             os.close(os.open(self.up(target) + b"/" + OPAQUE, os.O_WRONLY | os.O_CREAT, 0o644))
         return Found(target, 0, True)

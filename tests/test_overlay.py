@@ -909,18 +909,38 @@ def test_check_overlay_dir(tmp_path: Path) -> None:
         check_overlay_dir(str(tmp_path / "file"), str(mnt))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: rename of a directory over an image directory emptied by whiteouts "
-                   "removes the target's DIR copy (and with it the whiteouts) before the rename: a crash in "
-                   "between brings the deleted image files back")
-def test_crash_during_rename_over_an_emptied_directory_keeps_deletions(env: Env,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("call", "suffix", "state"), [
+    ("rename", "usr/share/doc/a", "target hidden"),  # its DIR copy moved aside, d1 not yet moved
+    ("unlink", ".wh.a", "new"),  # moved; the whiteout that hid the target not yet dropped
+    ("rmdir", TMP_PREFIX.decode() + "*", "new"),  # the old copy half removed
+], ids=["before-the-move", "after-the-move", "while-cleaning-up"])
+def test_crash_during_rename_over_an_emptied_directory_keeps_deletions(env: Env, monkeypatch: pytest.MonkeyPatch,
+                                                                       call: str, suffix: str, state: str) -> None:
+    """A directory renamed over an image directory whose files were all deleted:
+    a crash at any step must not bring those files back.  Between hiding the
+    target and moving the source the view has neither (an empty directory gone
+    early), never the image's old files."""
     env.unlink("usr/share/doc/a/README")
     env.mkdir("d1")
     env.create("d1/new", b"n")
-    _crash_after(monkeypatch, "rename", "usr/share/doc/a")
+    if suffix.endswith("*"):
+        real = os.rmdir
+
+        def crashing(path: object, *a: object, **kw: object) -> None:
+            if os.path.basename(os.fsdecode(path)).startswith(suffix[:-1]):
+                raise SystemExit("simulated crash")
+            real(path, *a, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(os, "rmdir", crashing)
+    else:
+        _crash_after(monkeypatch, call, suffix)
     with pytest.raises(SystemExit):
         env.rename("d1", "usr/share/doc/a")
     monkeypatch.undo()
     env.reopen()
-    # old state: a is empty (README deleted) and d1 still there; or the new state
     assert not env.exists("usr/share/doc/a/README"), "a deleted file came back after the crash"
+    if state == "target hidden":
+        assert not env.exists("usr/share/doc/a") and env.read("d1/new") == b"n"
+    else:
+        assert env.read("usr/share/doc/a/new") == b"n" and not env.exists("d1")
+    assert not [p for p in env.scratch.rglob("*") if p.name.startswith(TMP_PREFIX.decode())], "temporaries left"
