@@ -66,19 +66,32 @@ class MountOptions:
         return n
 
 
-def fuse_options(opts: MountOptions) -> set[str]:
-    """The libfuse mount options for ``opts``: our defaults, then the user's."""
-    out = {f"fsname={opts.fsname}", "subtype=imagefs"}
-    out.update(o for o in _FORCED if opts.ro or o != "ro")
+# Flags that undo each other, by the option they override: the last one given wins.
+_OPPOSITES = {"noexec": "exec", "async": "sync", "noatime": "atime", "nodiratime": "diratime",
+              "norelatime": "relatime", "nostrictatime": "strictatime", "nolazytime": "lazytime",
+              "nosymfollow": "symfollow", "nosuid": "suid", "nodev": "dev", "ro": "rw"}
+
+
+def fuse_options(opts: MountOptions) -> list[str]:
+    """The libfuse mount options for ``opts``, in order: our defaults, then the
+    user's, each option (``NAME=`` or a flag and its opposite) given once, the
+    last value winning as with mount(8)."""
+    chosen: dict[str, str] = {}
+
+    def put(o: str) -> None:
+        key = o.split("=", 1)[0] + "=" if "=" in o else _OPPOSITES.get(o, o)
+        chosen.pop(key, None)  # re-inserted at the end: libfuse too takes the last one
+        chosen[key] = o
+
+    for o in (f"fsname={opts.fsname}", "subtype=imagefs", *(o for o in _FORCED if opts.ro or o != "ro")):
+        put(o)
     for o in opts.extra:
         if o in ("suid", "dev") or (o == "rw" and opts.ro):
             raise MountError(f"-o {o} is not possible: an imagefs mount is nosuid and nodev, "
                              "and read-only unless --overlay is given")
         if o == "ro" and not opts.ro:
             raise MountError("-o ro contradicts --overlay")
-        if o.startswith("fsname="):
-            out = {x for x in out if not x.startswith("fsname=")}
-        out.add(o)
+        put(o)
     if opts.max_read:
         from .fuseops import PATCH_LEVEL
 
@@ -86,10 +99,10 @@ def fuse_options(opts: MountOptions) -> set[str]:
             # Stock pyfuse3 cannot repeat max_read at INIT, and libfuse then refuses the mount.
             raise MountError("-o max_read needs the pyfuse3 that imagefs patches (ci/setup.sh installs it)")
     if opts.allow_other:
-        out.add("allow_other")
+        put("allow_other")
     if opts.debug:
-        out.add("debug")
-    return out
+        put("debug")
+    return list(chosen.values())
 
 
 def split_o(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -184,18 +197,41 @@ def serve(tree: "ImageTree", mountpoint: str, opts: MountOptions, on_ready: Call
                 error = str(e)
         if error:
             raise MountError(f"cannot mount {mountpoint}: {said[-1] if said else error}")
+        run = _Run(on_ready)
         try:
             # The read-only handlers never suspend, so with the patched pyfuse3
             # they run without trio's event loop and its ~100 us per request.
             if not opts.overlay and hasattr(pyfuse3, "imagefs_serve"):
-                _serve_without_loop(pyfuse3, mountpoint, on_ready, held)
+                _serve_without_loop(pyfuse3, mountpoint, run, held)
             else:
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
-                _serve_with_trio(pyfuse3, mountpoint, not opts.overlay, on_ready)
+                _serve_with_trio(pyfuse3, mountpoint, not opts.overlay, run)
         finally:
             pyfuse3.close(unmount=True)
+        if not run.ready and not run.signalled:
+            # The loop ended by itself: libfuse gave up during the kernel's INIT
+            # handshake (its reason is on stderr, the daemon's log).
+            why = f" ({run.problem})" if run.problem else ""
+            raise MountError(f"{mountpoint} was unmounted before it was ready{why}: the FUSE handshake "
+                             "with the kernel failed (--foreground --debug shows libfuse's reason)")
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+class _Run:
+    """How a serving loop went: whether the mount became ready (``on_ready`` is
+    then called), a signal ended it, or the first request failed and why."""
+
+    def __init__(self, on_ready: Callable[[], None] | None) -> None:
+        self.on_ready = on_ready
+        self.ready = False
+        self.signalled = False
+        self.problem = ""
+
+    def became_ready(self) -> None:
+        self.ready = True
+        if self.on_ready is not None:
+            self.on_ready()
 
 
 @contextlib.contextmanager
@@ -221,32 +257,33 @@ def _stderr_captured() -> Iterator[list[str]]:
             os.write(2, data)
 
 
-def _serve_without_loop(pyfuse3: Any, mountpoint: str, on_ready: Callable[[], None] | None,
-                        unblocked: set[signal.Signals]) -> None:
+def _serve_without_loop(pyfuse3: Any, mountpoint: str, run: _Run, unblocked: set[signal.Signals]) -> None:
     # Signals reach the loop through the wakeup fd, which the C-level handler
     # writes whichever thread the signal lands on and whatever the loop is
     # doing; relying on EINTR alone loses a signal that arrives between two reads.
     from .fuseops import PATCH_LEVEL
 
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    failed: list[OSError] = []
 
     def announce() -> None:
         try:
             go_live(mountpoint, widen_readahead=True)
         except OSError as e:
-            failed.append(e)
+            run.problem = e.strerror or str(e)
             pyfuse3.imagefs_exit()
             try:
                 os.write(wake_w, b"!")
             except OSError:
                 pass  # the loop has ended (and closed it) already
             return
-        if on_ready is not None:
-            on_ready()
+        run.became_ready()
+
+    def on_signal(_sig: int, _frame: object) -> None:
+        run.signalled = True
+        pyfuse3.imagefs_exit()
 
     previous_wakeup = signal.set_wakeup_fd(wake_w)
-    previous = {sig: signal.signal(sig, lambda _s, _f: pyfuse3.imagefs_exit()) for sig in SIGNALS}
+    previous = {sig: signal.signal(sig, on_signal) for sig in SIGNALS}
     try:
         # From a thread, because the statfs waits for this thread to answer
         # the kernel's INIT; it keeps the signals blocked, so they interrupt
@@ -264,12 +301,9 @@ def _serve_without_loop(pyfuse3: Any, mountpoint: str, on_ready: Callable[[], No
         signal.set_wakeup_fd(previous_wakeup)
         os.close(wake_r)
         os.close(wake_w)
-    if failed:
-        raise MountError(f"{mountpoint} does not answer: {failed[0].strerror}")
 
 
-def _serve_with_trio(pyfuse3: Any, mountpoint: str, widen_readahead: bool,
-                     on_ready: Callable[[], None] | None) -> None:
+def _serve_with_trio(pyfuse3: Any, mountpoint: str, widen_readahead: bool, run: _Run) -> None:
     import trio
 
     async def main() -> None:
@@ -278,6 +312,7 @@ def _serve_with_trio(pyfuse3: Any, mountpoint: str, widen_readahead: bool,
                 with trio.open_signal_receiver(*SIGNALS) as signals:
                     task_status.started()
                     async for _sig in signals:
+                        run.signalled = True
                         pyfuse3.terminate()
                         return
 
@@ -288,9 +323,13 @@ def _serve_with_trio(pyfuse3: Any, mountpoint: str, widen_readahead: bool,
             async def announce() -> None:
                 # From a thread, because the statfs waits for this loop to answer
                 # the kernel's INIT: "ready" means the mount answers requests.
-                await trio.to_thread.run_sync(go_live, mountpoint, widen_readahead)
-                if on_ready is not None:
-                    on_ready()
+                try:
+                    await trio.to_thread.run_sync(go_live, mountpoint, widen_readahead)
+                except OSError as e:
+                    run.problem = e.strerror or str(e)
+                    pyfuse3.terminate()
+                    return
+                run.became_ready()
 
             nursery.start_soon(announce)
             # Handlers never await (reads are pread on the page cache), so extra
@@ -491,10 +530,6 @@ def run_daemon(request: dict[str, object], ready_fd: int) -> None:
                             allow_other=bool(request.get("allow_other")),
                             overlay=request.get("overlay"))  # type: ignore[arg-type]
         serve(tree, str(request["mountpoint"]), opts, on_ready=lambda: report("ok"))
-        # Served and ended without ever being ready: libfuse gave up during the
-        # kernel's INIT handshake (its reason went to the log).
-        report("error: the FUSE handshake with the kernel failed; "
-               "--foreground --debug shows libfuse's reason")
     except ImageFSError as e:
         report(f"error: {e}")
         sys.exit(1)

@@ -11,6 +11,7 @@ import ctypes
 import json
 import os
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Callable
@@ -215,6 +216,27 @@ def test_daemon_side_error_is_reported(mounted: Mounter, tmp_path: Path) -> None
     assert "did not become ready" not in msg
     # libfuse's own reason, which it writes to the daemon's stderr
     assert msg == f"cannot mount {mp}: fuse: unknown option(s): `-o no_such_fuse_option'"
+
+
+@pytest.mark.fuse
+@pytest.mark.parametrize("foreground", [False, True], ids=["background", "foreground"])
+def test_a_failed_fuse_handshake_is_an_error(mounted: Mounter, tmp_path: Path, foreground: bool) -> None:
+    """libfuse ends the session when the kernel's INIT goes wrong, after the mount
+    exists: that must not look like success (exit 0) or a silent daemon death.
+    Made to happen here by keeping max_read from reaching pyfuse3's INIT."""
+    archive = _good(tmp_path / "good.tar")
+    mp = mounted.new_mountpoint()
+    code = ("import runpy, sys, imagefs.mount as m; m.MountOptions.max_read = property(lambda self: 0); "
+            "sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name='__main__')")
+    mounted.cli = [sys.executable, "-c", code, str(Path(cli.__file__))]
+    args = ["mount", "--cache-dir", tmp_path / "cache", "-o", "max_read=65536", archive, mp]
+    r = mounted.run(*args[:1], *(["-f"] if foreground else []), *args[1:], mountpoint=mp)
+    if foreground:  # libfuse's own reason reaches the terminal first
+        libfuse, _, ours = r.stderr.partition("\n")
+        assert libfuse.startswith("fuse: error: init()"), r.stderr
+        r = subprocess.CompletedProcess(r.args, r.returncode, r.stdout, ours)
+    msg = assert_one_line_error(r, mp)
+    assert "before it was ready" in msg and "handshake" in msg
 
 
 @pytest.mark.fuse
