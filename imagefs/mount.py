@@ -373,6 +373,17 @@ def go_live(mountpoint: str, widen_readahead: bool) -> None:
 
 def mount_device(mountpoint: str) -> str | None:
     """``major:minor`` of the topmost mount at ``mountpoint`` (a resolved path), from /proc/self/mountinfo."""
+    entry = _mountinfo_entry(mountpoint)
+    return entry[0] if entry else None
+
+
+def mount_type(mountpoint: str) -> str | None:
+    """The file system type of the topmost mount at ``mountpoint`` (``fuse.imagefs``, ``tmpfs``, ...)."""
+    entry = _mountinfo_entry(mountpoint)
+    return entry[1] if entry else None
+
+
+def _mountinfo_entry(mountpoint: str) -> tuple[str, str] | None:
     found = None
     # Compared as given: realpath would stat the mount root through FUSE and
     # leave its attributes cached (see is_stale); check_mountpoint resolved it.
@@ -380,9 +391,11 @@ def mount_device(mountpoint: str) -> str | None:
     try:
         with open("/proc/self/mountinfo", "rb") as f:
             for line in f:
-                fields = line.split(b" ")
-                if len(fields) > 4 and _unescape_mountinfo(fields[4]) == want:
-                    found = fields[2].decode()
+                fields = line.rstrip(b"\n").split(b" ")
+                if len(fields) > 4 and _unescape_mountinfo(fields[4]) == want and b"-" in fields[5:]:
+                    # optional fields, then "-", the type and the source
+                    fstype = fields[fields.index(b"-", 5) + 1]
+                    found = (fields[2].decode(), _unescape_mountinfo(fstype).decode(errors="replace"))
     except OSError:
         return None
     return found
@@ -564,6 +577,11 @@ def unmount(mountpoint: str, timeout: float = 10.0) -> None:
     stale = is_stale(mp)
     if not stale and not os.path.ismount(mp):
         raise MountError(f"{mp} is not mounted")
+    fstype = mount_type(mp)
+    if fstype is not None and fstype != "fuse" and not fstype.startswith("fuse."):
+        # fusermount refuses these, but root's umount would not: a slip of the
+        # keyboard must not take down a disk.
+        raise MountError(f"{mp} is a {fstype} mount, not an imagefs one: use umount(8)")
     tool = _fusermount()
     cmds = []
     if tool:

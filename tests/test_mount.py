@@ -688,6 +688,22 @@ def test_read_only_mount_reads_ahead_a_mebibyte(mounted: Mounter, rich_archive: 
         assert int(f.read()) == READAHEAD_KIB == 1024
 
 
+def test_umount_leaves_other_file_systems_alone(mounted: Mounter, tmp_path: Path) -> None:
+    """As root, umount(8) would remove anything: imagefs umount takes FUSE mounts only."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    d = tmp_path / "tfs"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], check=True, timeout=TIMEOUT)
+    try:
+        r = mounted.run("umount", d)
+        msg = assert_one_line_error(r)
+        assert msg == f"{d} is a tmpfs mount, not an imagefs one: use umount(8)"
+        assert is_mounted(d)
+    finally:
+        subprocess.run(["umount", str(d)], check=True, timeout=TIMEOUT)
+
+
 def test_mountpoint_named_through_a_symlink(mounted: Mounter, rich_archive: Path, tmp_path: Path) -> None:
     """The kernel mounts on the real directory; mount, umount and the overlay
     checks must all see that one, whatever name the user gave."""
