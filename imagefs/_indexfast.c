@@ -354,7 +354,7 @@ static int write_inode(unsigned char *rec, Slot *s, PyObject *encode_extras, Buf
         if (pool_blob(pool, PyTuple_GET_ITEM(extras, 1), &xattr_off, &xattr_len) < 0)
             goto extras_out;
     }
-    put32(rec, (uint32_t)(kind | mode));
+    put32(rec, (uint32_t)(kind | (kind == S_IFLNK ? 0777 : mode))); /* Linux: a symlink is 0777 */
     put32(rec + 4, (uint32_t)uid);
     put32(rec + 8, (uint32_t)gid);
     put32(rec + 12, s->nlink);

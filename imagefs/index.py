@@ -42,7 +42,7 @@ except ImportError:  # pragma: no cover - depends on the build
 __all__ = ["FORMAT_VERSION", "Attr", "Index", "temp_path", "write_index"]
 
 MAGIC = b"IMGFSIDX"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 HEADER = struct.Struct("<8sIIIQQQQQQ")
 # mode uid gid nlink size mtime_ns rdev layer data_off extra_off extra_len xattr_off xattr_len
 # first count parent touched (parent: a directory's parent, for ".."; touched: see merge.Node)
@@ -176,7 +176,9 @@ def _layout(root: Node, encode_extras: Callable[[Member], tuple[bytes, bytes]]) 
         first, count = dir_ranges.get(ino, (0, 0))
         INODE.pack_into(
             inodes, n * INODE.size,
-            m.kind | m.mode, m.uid, m.gid, nlinks[n], m.size, m.mtime_ns, m.rdev, node.layer,
+            # Linux has no mode for a symlink but 0777, whatever the tar header says.
+            m.kind | (0o777 if m.kind == stat.S_IFLNK else m.mode), m.uid, m.gid, nlinks[n], m.size, m.mtime_ns,
+            m.rdev, node.layer,
             m.offset, extra_off, extra_len, xattr_off, xattr_len, first, count, parents[n], node.touched,
         )
     return _Sections(bytes(inodes), dirents, b"".join(pool.parts), len(nodes), ndirents, with_xattrs)

@@ -56,8 +56,8 @@ def dir(path: str | bytes, mode: int = 0o755, **kw: object) -> Entry:  # noqa: A
     return Entry(path, tarfile.DIRTYPE, b"", mode, **kw)  # type: ignore[arg-type]
 
 
-def symlink(path: str | bytes, target: str | bytes, **kw: object) -> Entry:
-    return Entry(path, tarfile.SYMTYPE, b"", 0o777, linkname=target, **kw)  # type: ignore[arg-type]
+def symlink(path: str | bytes, target: str | bytes, mode: int = 0o777, **kw: object) -> Entry:
+    return Entry(path, tarfile.SYMTYPE, b"", mode, linkname=target, **kw)  # type: ignore[arg-type]
 
 
 def hardlink(path: str | bytes, target: str | bytes, **kw: object) -> Entry:

@@ -408,6 +408,15 @@ def test_union_rule(tmp_path, case: Case) -> None:
 # -- rules that are not about one small tree --------------------------------------------
 
 
+def test_a_symlink_is_0777_whatever_its_header_says(tmp_path) -> None:
+    """Linux has no other mode for a symlink: tar, podman and umoci extract one as
+    0777 (lrwxrwxrwx), so the mount shows that too, not the header's 0644."""
+    tree = open_tree(tmp_path, [[file("t", b"x"), symlink("l644", "t", mode=0o644), symlink("l000", "t", mode=0)]])
+    got = dump(tree)
+    assert got["l644"][:2] == got["l000"][:2] == ("l", 0o777)
+    assert got["t"][:2] == ("f", 0o644)
+
+
 def test_whiteout_member_order_is_irrelevant(tmp_path) -> None:
     """Every permutation of one layer's members gives the same tree (whiteouts apply first)."""
     lower = [dir("d"), file("d/x", b"x"), file("d/y", b"y"), file("f", b"f")]
