@@ -331,6 +331,11 @@ class Overlay:
     # -- changes ---------------------------------------------------------------
 
     def _parent_for_new(self, parent: Found, name: bytes) -> Found:
+        self._check_new(parent, name)
+        return self.copy_up(parent)
+
+    def _check_new(self, parent: Found, name: bytes) -> None:
+        """Refuse to create ``name`` in ``parent`` for any reason, before anything is copied up."""
         if name.startswith(WHITEOUT_PREFIX):
             raise OSError(errno.EPERM, "names starting with .wh. are reserved for whiteouts")
         if len(name) > 255:
@@ -339,7 +344,6 @@ class Overlay:
             raise OSError(errno.ENOTDIR, "not a directory")
         if self.step(parent, name) is not None:
             raise OSError(errno.EEXIST, "exists")
-        return self.copy_up(parent)
 
     def _drop_whiteout(self, parent: Found, name: bytes) -> bool:
         """Remove ``.wh.NAME``; True if there was one (an image entry was deleted there)."""
@@ -411,6 +415,7 @@ class Overlay:
     def link(self, src: Found, parent: Found, name: bytes) -> Found:
         if self.is_dir(src):
             raise OSError(errno.EPERM, "hard link to a directory")
+        self._check_new(parent, name)  # a refused link leaves nothing copied up
         src = self.copy_up(src)
         parent = self._parent_for_new(parent, name)
         path = _join(parent.path, name)
