@@ -12,6 +12,7 @@ import stat
 from typing import Callable
 
 from . import blobs
+from .beside import beside
 from .blobs import Blob, FileBlob, Span
 from .errors import ArchiveError, ImageFormatError, TarFormatError
 from .paths import normalize, split
@@ -64,14 +65,27 @@ class Archive:
             if on_progress is not None:
                 on_progress(offset, count)
 
+        check = None
+        if self.compression == "gzip":
+            from .gzipblob import check_gzip, check_limit
+
+            check = beside(check_gzip, self.file, path)  # indexed_gzip checks no CRC
         try:
             for m in scan(self.blob, self.blob.length, on_progress=progress):
                 self.members[m.path] = m
         except (TarFormatError, OSError) as e:
+            if check is not None:
+                check.result()  # corrupt gzip data explains a broken tar better
             why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             if isinstance(e, OSError) and self.compression == "none":
                 raise ArchiveError(f"cannot read {path}: {why}") from None
             raise ArchiveError(f"{path} is damaged: {why}") from None
+        except BaseException:
+            if check is not None:
+                check.cancel()
+            raise
+        if check is not None:
+            check.result(limit=check_limit(self.members.values()))
         if not self.members:
             raise ArchiveError(f"{path} is an empty tar archive, not an image")
 

@@ -80,6 +80,14 @@ class Span:
         return self.parent.pread(n, self.base + offset)
 
 
+def shareable(blob: Blob) -> bool:
+    """Whether two threads may read ``blob`` at once: a file or a span of one
+    (pread has no position to share), not a decompressing stream."""
+    while isinstance(blob, Span):
+        blob = blob.parent
+    return isinstance(blob, FileBlob)
+
+
 def sniff(blob: Blob) -> str:
     """The compression of a stream by its magic bytes: ``"gzip"``, ``"zstd"`` or ``"none"``.
 

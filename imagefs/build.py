@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 
 from . import blobs, cache, tarscan
 from .archive import Archive
+from .beside import beside
 from .blobs import Blob, Span
 from .errors import ArchiveError, ImageSelectError, IndexCacheError, IntegrityError
 from .index import Index, temp_path, write_index
@@ -129,7 +130,7 @@ class _Builder:
         if self.progress is not None:
             self.progress.update(self.done + offset, self.members + count)
 
-    def _members(self, i: int, ref: LayerRef, span: Span, stream: Blob) -> list[Member]:
+    def _members(self, i: int, ref: LayerRef, span: Span, stream: Blob, compression: str) -> list[Member]:
         what = f"{self.path}: layer {i + 1} ({ref.member.decode(errors='replace')})"
         # The diff_id names the uncompressed tar, whatever compression carries it,
         # so a gzip and a plain copy of one layer share their scan.
@@ -162,11 +163,26 @@ class _Builder:
             pos = getattr(stream, "raw_position", offset)
             self._report(min(pos, span.length or 0), count)
 
+        check = None
+        if compression == "gzip" and not self.opts.verify:  # --verify hashes every byte anyway
+            from .gzipblob import check_gzip, check_limit  # imports indexed_gzip (50 ms)
+
+            # indexed_gzip checks no CRC: zlib does, beside the scan, on the other core
+            # (after it, if the layer sits in a compressed archive that one reader decodes).
+            check = beside(check_gzip, span, what, parallel=blobs.shareable(span))
         try:
             found = list(scan(stream, stream.length, warn, report))
         except (ArchiveError, OSError) as e:
+            if check is not None:
+                check.result()  # corrupt gzip data explains a broken tar better
             why = e.strerror if isinstance(e, OSError) else str(e)
             raise ArchiveError(f"{what}: {why}") from None
+        except BaseException:
+            if check is not None:
+                check.cancel()
+            raise
+        if check is not None:
+            check.result(limit=check_limit(found))
         _save_state(stream)
         if key and self.layer_cache:
             self.layer_cache.store(key, found)
@@ -186,7 +202,7 @@ class _Builder:
             state = (cache.blob_state(self.state_dir, self.ident, ref.digest or ref.diff_id, span)
                      if self.state_dir and compression != "none" else None)
             stream = blobs.open_stream(span, compression, f"{self.path}: layer {i + 1}", state)
-            members = self._members(i, ref, span, stream)
+            members = self._members(i, ref, span, stream, compression)
             self.members += len(members)
             yield image, LayerInfo(i, ref, span, compression, state), members
             self.done += span.length or 0

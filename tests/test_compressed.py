@@ -21,6 +21,7 @@ import zstandard
 from builder import write_tar
 from imagefs import BuildOptions, ImageTree, gzipblob
 from imagefs.blobs import FileBlob
+from imagefs.errors import ArchiveError
 from imagefs.gzipblob import GzipBlob
 
 SIZE = 6 << 20  # spans several gzip seek points (1 MiB) and the zstd rewind limit (8 MiB) with two files
@@ -107,6 +108,57 @@ def test_random_reads_match_the_plain_layer(tmp_path: Path, kind: str, cached: b
         with ImageTree.open(str(archive), opts) as tree:
             assert tree.index.from_cache
             _check_reads(tree, 2)
+
+
+@pytest.mark.parametrize("outer", [False, True], ids=["archive", "in-a-tar.zst"])
+def test_a_flipped_byte_in_a_gzip_layer_is_refused(tmp_path: Path, outer: bool) -> None:
+    """indexed_gzip checks no CRC: without the check beside the scan, this layer
+    indexed fine and its file read back with a wrong byte.  In a compressed
+    archive the check runs after the scan (one reader decodes the archive)."""
+    archive = _archive(tmp_path, "gzip")
+    raw = bytearray(archive.read_bytes())
+    blob = _compress("gzip", LAYER)
+    at = bytes(raw).index(blob) + len(blob) * 2 // 3  # inside the third file's data, past its header
+    raw[at] ^= 0x01
+    archive.write_bytes(bytes(raw))
+    if outer:
+        archive = tmp_path / "outer.tar.zst"
+        archive.write_bytes(zstandard.ZstdCompressor(level=1).compress(bytes(raw)))
+    with pytest.raises(ArchiveError, match="corrupt gzip data"):
+        ImageTree.open(str(archive), BuildOptions(use_cache=False)).close()
+
+
+def test_a_flipped_byte_in_a_gzip_archive_is_refused(tmp_path: Path) -> None:
+    """The same for `docker save | gzip`: the outer stream's CRC is checked beside its scan."""
+    archive = _archive(tmp_path, "gzip")
+    outer = bytearray(gzip.compress(archive.read_bytes(), compresslevel=1, mtime=0))
+    outer[len(outer) * 2 // 3] ^= 0x01
+    path = tmp_path / "outer.tar.gz"
+    path.write_bytes(bytes(outer))
+    with pytest.raises(ArchiveError, match="corrupt gzip data"):
+        ImageTree.open(str(path), BuildOptions(use_cache=False)).close()
+
+
+@pytest.mark.parametrize(("name", "stream", "error"), [
+    ("one member", gzip.compress(b"x" * 100_000, mtime=0), None),
+    ("two members", gzip.compress(b"a" * 5000, mtime=0) + gzip.compress(b"b" * 5000, mtime=0), None),
+    ("zero padding", gzip.compress(b"x" * 1000, mtime=0) + bytes(4096), None),
+    ("other trailing bytes", gzip.compress(b"x" * 1000, mtime=0) + b"junk", None),
+    ("wrong CRC", gzip.compress(b"x" * 1000, mtime=0)[:-8] + b"\0\0\0\0" + (1000).to_bytes(4, "little"),
+     "corrupt gzip data"),
+    ("wrong length", gzip.compress(b"x" * 1000, mtime=0)[:-4] + (999).to_bytes(4, "little"), "corrupt gzip data"),
+    ("cut short", gzip.compress(os.urandom(5000), mtime=0)[:-100], "truncated gzip data"),
+    ("second member cut", gzip.compress(b"a", mtime=0) + gzip.compress(b"b" * 5000, mtime=0)[:20],
+     "truncated gzip data"),
+])
+def test_check_gzip(tmp_path: Path, name: str, stream: bytes, error: str | None) -> None:
+    path = tmp_path / "blob.gz"
+    path.write_bytes(stream)
+    if error is None:
+        gzipblob.check_gzip(FileBlob(str(path)), name)
+    else:
+        with pytest.raises(ArchiveError, match=error):
+            gzipblob.check_gzip(FileBlob(str(path)), name)
 
 
 def test_gzip_outer_archive_random_reads(tmp_path: Path) -> None:
