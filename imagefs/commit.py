@@ -25,7 +25,7 @@ from . import blobs
 from .archive import Archive
 from .errors import ImageFSError
 from .manifest import Image, read_images, select_image
-from .overlay import TMP_PREFIX
+from .overlay import BASE_FILE, TMP_PREFIX, read_base
 
 __all__ = ["CommitOptions", "commit", "layer_from_dir"]
 
@@ -48,7 +48,7 @@ def _walk(top: str) -> Iterator[str]:
         names = sorted(os.fsencode(n) for n in os.listdir(full))
         subdirs = []
         for name in names:
-            if name.startswith(TMP_PREFIX):
+            if name.startswith(TMP_PREFIX) or (not rel and name == BASE_FILE):
                 continue
             child = os.path.join(rel, os.fsdecode(name)) if rel else os.fsdecode(name)
             yield child
@@ -105,6 +105,36 @@ def _config_for(image: Image) -> dict[str, object]:
     return cfg
 
 
+def _history_of(cfg: dict[str, object], layers: int) -> list[object]:
+    """The config's history up to its ``layers``-th layer: one entry per layer
+    (and any number of ``empty_layer`` ones), as loaders check."""
+    history = cfg.get("history")
+    if not isinstance(history, list):
+        return []
+    out, seen = [], 0
+    for h in history:
+        if not (isinstance(h, dict) and h.get("empty_layer")):
+            if seen == layers:
+                break
+            seen += 1
+        out.append(h)
+    return out
+
+
+def _base_layers(upper_dir: str, image: Image) -> int:
+    """How many of ``image``'s layers DIR's changes were made over (``mount --layer N``)."""
+    base = read_base(upper_dir)
+    if base is None:
+        return len(image.layers)
+    if base.get("image") != image.id:
+        raise ImageFSError(f"{upper_dir} holds changes to image {base.get('image')}, not to {image.id} "
+                           "(choose it with --image)")
+    n = base.get("layers")
+    if not isinstance(n, int) or not 1 <= n <= len(image.layers):
+        raise ImageFSError(f"{upper_dir}: its record of the layers it was made over ({n!r}) does not fit the image")
+    return n
+
+
 def commit(upper_dir: str, archive_path: str, out_path: str, opts: CommitOptions) -> str:
     """Write the new image archive to ``out_path`` (atomically); returns the new image id."""
     if not os.path.isdir(upper_dir):
@@ -115,7 +145,8 @@ def commit(upper_dir: str, archive_path: str, out_path: str, opts: CommitOptions
     try:
         image = select_image(read_images(archive), opts.image, archive_path)
         layer_files: list[tuple[str, str]] = []  # (diff_id, temp file)
-        for i, ref in enumerate(image.layers):
+        used = _base_layers(upper_dir, image)
+        for i, ref in enumerate(image.layers[:used]):
             span = archive.open(ref.member)
             stream = blobs.open_stream(span, blobs.sniff(span), f"{archive_path}: layer {i + 1}")
             tmp = os.path.join(work, f"layer{i}.tar")
@@ -132,7 +163,7 @@ def commit(upper_dir: str, archive_path: str, out_path: str, opts: CommitOptions
         cfg = _config_for(image)
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         cfg["rootfs"] = {"type": "layers", "diff_ids": [d for d, _ in layer_files]}
-        history = list(cfg.get("history") or []) if isinstance(cfg.get("history"), list) else []
+        history = _history_of(cfg, used)
         history.append({"created": now, "created_by": opts.message, "comment": f"changes from {upper_dir}"})
         cfg["history"] = history
         cfg["created"] = now

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import json
 import os
 import shutil
 import stat
@@ -35,11 +36,16 @@ from .index import ROOT_INO
 from .paths import OPAQUE, WHITEOUT_PREFIX
 from .tree import ImageTree, Stat
 
-__all__ = ["Found", "Overlay", "Stat", "check_overlay_dir"]
+__all__ = ["BASE_FILE", "Found", "Overlay", "Stat", "check_overlay_dir", "read_base"]
 
 # Temporary names for copies being made: hidden by the ".wh..wh." rule (aufs
 # metadata is dropped by every image reader) should a crash leave one behind.
 TMP_PREFIX = b".wh..wh..imagefs-tmp."
+# What DIR's changes were made over (image id, layers used): they mean the same
+# only over the same tree, so a mount with another --layer or image is refused
+# and `imagefs commit` stacks them on those layers.  Hidden the same way, and
+# left out of a committed layer.
+BASE_FILE = b".wh..wh..imagefs-base"
 _CHUNK = 1 << 20
 # The daemon's buffers are not aligned for O_DIRECT; the kernel already keeps
 # the mount's own pages out of it, so DIR's file is opened without it.
@@ -54,6 +60,26 @@ class Found:
     path: bytes
     lower: int
     upper: bool
+
+
+def read_base(upper_dir: str) -> dict[str, object] | None:
+    """What the changes in ``upper_dir`` were made over (see `BASE_FILE`), or None
+    if that is not recorded (a DIR from before imagefs kept it, or a new one).
+
+    Raises:
+        MountError: the record is there but unreadable.
+    """
+    path = os.path.join(upper_dir, os.fsdecode(BASE_FILE))
+    try:
+        with open(path) as f:
+            base = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise MountError(f"{path} is unreadable ({e}); remove it if DIR's changes fit this image") from None
+    if not isinstance(base, dict):
+        raise MountError(f"{path} is not what imagefs writes; remove it if DIR's changes fit this image")
+    return base
 
 
 def _whiteout_fits(name: bytes) -> bool:
@@ -111,6 +137,28 @@ class Overlay:
         self.lower = lower
         self.top = os.fsencode(os.path.abspath(upper_dir))
         self._clean_temporaries()
+        self._claim_base()
+
+    def _claim_base(self) -> None:
+        """Record what DIR is over, or refuse a tree other than the one it was made over."""
+        meta = self.lower.index.meta
+        base = {"image": meta["image"]["id"], "layers": len(meta["layers"]),
+                "layers_total": meta["image"]["layers_total"]}
+        made = read_base(os.fsdecode(self.top))
+        if made is not None and made != base and set(os.listdir(self.top)) != {BASE_FILE}:
+            shown = os.fsdecode(self.top)
+            if made.get("image") != base["image"]:
+                raise MountError(f"{shown} holds changes to image {made.get('image')}, not to this one "
+                                 f"({base['image']})")
+            how = ("without --layer" if made.get("layers") == made.get("layers_total")
+                   else f"with --layer {made.get('layers')}")
+            raise MountError(f"{shown} holds changes made over layer {made.get('layers')} of "
+                             f"{made.get('layers_total')}: mount it {how}")
+        if made != base:
+            tmp = self._tmp_name(b"")
+            with open(tmp, "w") as f:
+                json.dump(base, f)
+            os.rename(tmp, self.up(BASE_FILE))
 
     # -- paths in DIR ----------------------------------------------------------
 

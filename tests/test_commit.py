@@ -80,9 +80,9 @@ def image_view(archive: Path, tmp_path: Path, image: str | None = None) -> dict[
 class Changes:
     """An Overlay over ``archive`` in ``scratch``, changed through the library (no FUSE)."""
 
-    def __init__(self, archive: Path, scratch: Path, image: str | None = None) -> None:
+    def __init__(self, archive: Path, scratch: Path, image: str | None = None, layer: int | None = None) -> None:
         scratch.mkdir(exist_ok=True)
-        self.tree = ImageTree.open(str(archive), BuildOptions(use_cache=False, image=image))
+        self.tree = ImageTree.open(str(archive), BuildOptions(use_cache=False, image=image, layer=layer))
         self.ov = Overlay(self.tree, str(scratch))
 
     def f(self, path: str | bytes) -> Found:
@@ -246,6 +246,37 @@ def test_the_new_archive_shows_the_overlay_tree(base: Path, tmp_path: Path, imag
     assert got.keys() == want.keys(), (sorted(set(want) - set(got)), sorted(set(got) - set(want)))
     diffs = {p: (want[p], got[p]) for p in want if want[p] != got[p]}
     assert not diffs
+
+
+def test_a_dir_made_over_an_earlier_layer_commits_over_that_layer(base: Path, tmp_path: Path,
+                                                                   imagefs_bin: list[str]) -> None:
+    """`mount --layer 1 --overlay DIR`: the new image is layer 1 plus DIR, the tree the
+    overlay showed, not the whole image plus DIR."""
+    ch = Changes(base, tmp_path / "scratch", layer=1)
+    try:
+        ch.create("etc/new.conf", b"new\n")
+        want = view(ch.ov)
+    finally:
+        ch.close()
+    out = tmp_path / "out.tar"
+    commit_cli(imagefs_bin, tmp_path / "scratch", base, out)
+    assert image_view(out, tmp_path) == want
+    manifest, members = read_archive(out)
+    assert len(manifest[0]["Layers"]) == 2
+    config = json.loads(members[manifest[0]["Config"]])
+    non_empty = [h for h in config["history"] if not h.get("empty_layer")]
+    assert len(non_empty) == len(config["rootfs"]["diff_ids"]) == 2  # what loaders check
+    assert not any(n.endswith(".tar") and b".wh..wh..imagefs-base" in d for n, d in members.items())
+
+
+def test_commit_of_a_dir_made_over_another_image_is_refused(base: Path, tmp_path: Path,
+                                                            imagefs_bin: list[str]) -> None:
+    Changes(base, tmp_path / "scratch").close()
+    other = tmp_path / "other.tar"
+    b.write_docker_archive(str(other), [[b.file("x", b"other")]])
+    r = run_cli(imagefs_bin, "commit", tmp_path / "scratch", "--archive", other, "-o", tmp_path / "out.tar")
+    assert "holds changes to image" in assert_one_line_error(r)
+    assert not (tmp_path / "out.tar").exists()
 
 
 def test_commit_is_deterministic_and_ignores_temporaries(base: Path, tmp_path: Path, imagefs_bin: list[str]) -> None:

@@ -9,6 +9,7 @@ the scratch directory itself, which must be a plain OCI layer changeset
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 import builder as b
 from imagefs import BuildOptions, ImageTree
 from imagefs.errors import MountError
-from imagefs.overlay import TMP_PREFIX, Found, Overlay, check_overlay_dir
+from imagefs.overlay import BASE_FILE, TMP_PREFIX, Found, Overlay, check_overlay_dir
 
 MTIME_NS = b.MTIME * 10**9
 BIG = bytes(range(256)) * 5000  # 1.25 MB: more than one copy-up chunk
@@ -131,11 +132,12 @@ class Env:
         return out
 
     def scratch_paths(self) -> set[str]:
+        """DIR's changeset: every path in it but the record of what it is over."""
         out = set()
         for dirpath, dirnames, filenames in os.walk(self.scratch):
             for name in dirnames + filenames:
                 out.add(os.path.relpath(os.path.join(dirpath, name), self.scratch))
-        return out
+        return out - {BASE_FILE.decode()}
 
     def up(self, path: str) -> os.stat_result:
         return os.lstat(self.scratch / path)
@@ -280,6 +282,32 @@ def test_create_existing_is_eexist(env: Env, path: str) -> None:
     assert env.view() == view
 
 
+def test_dir_is_refused_over_another_layer_or_image(tmp_path: Path) -> None:
+    """DIR's changes mean the same only over the tree they were made over."""
+    env = Env(tmp_path)
+    try:
+        assert json.loads((env.scratch / BASE_FILE.decode()).read_text())["layers"] == 2
+        tree1 = ImageTree.open(str(env.archive), BuildOptions(use_cache=False, layer=1))
+        env.trees.append(tree1)
+        Overlay(tree1, str(env.scratch))  # nothing changed yet: DIR may move to another layer
+        assert json.loads((env.scratch / BASE_FILE.decode()).read_text())["layers"] == 1
+        env.reopen()  # all layers again
+        env.create("etc/new", b"n")
+        with pytest.raises(MountError, match="made over layer 2 of 2: mount it without --layer"):
+            Overlay(tree1, str(env.scratch))
+        other = tmp_path / "other.tar"
+        b.write_docker_archive(str(other), [[b.file("x", b"other")]])
+        tree2 = ImageTree.open(str(other), BuildOptions(use_cache=False))
+        env.trees.append(tree2)
+        with pytest.raises(MountError, match="holds changes to image sha256:"):
+            Overlay(tree2, str(env.scratch))
+        (env.scratch / BASE_FILE.decode()).write_text("not json")
+        with pytest.raises(MountError, match="unreadable"):
+            env.reopen()
+    finally:
+        env.close()
+
+
 @pytest.mark.parametrize("name", [b".wh.x", b".wh..wh..opq", b".wh.top", b".wh."])
 def test_whiteout_names_cannot_be_created(env: Env, name: bytes) -> None:
     view = env.view()
@@ -292,7 +320,7 @@ def test_whiteout_names_cannot_be_created(env: Env, name: bytes) -> None:
     assert errno_of(env.ov.rename, root, b"top", root, name) == errno.EPERM
     assert env.exists("top") and not any(".wh." in p for p in env.scratch_paths())
     assert env.view() == view
-    assert os.listdir(env.scratch) == []  # a refused link copies nothing up
+    assert env.scratch_paths() == set()  # a refused link copies nothing up
 
 
 def test_create_in_a_non_directory_is_enotdir(env: Env) -> None:
@@ -658,7 +686,7 @@ def test_link_errors(env: Env) -> None:
     assert errno_of(env.ov.link, env.f("usr"), env.ov.root(), b"usr2") == errno.EPERM
     assert errno_of(env.ov.link, env.f("top"), env.ov.root(), b"etc") == errno.EEXIST
     assert errno_of(env.ov.link, env.f("top"), env.f("top"), b"x") == errno.ENOTDIR
-    assert os.listdir(env.scratch) == []  # refused before the source is copied up
+    assert env.scratch_paths() == set()  # refused before the source is copied up
 
 
 def test_link_over_a_deleted_name(env: Env) -> None:
