@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 import tarfile
 import tempfile
@@ -25,9 +26,9 @@ from . import blobs
 from .archive import Archive
 from .errors import ImageFSError
 from .manifest import Image, read_images, select_image
-from .overlay import BASE_FILE, TMP_PREFIX, read_base
+from .overlay import BASE_FILE, TMP_PREFIX, in_use, read_base
 
-__all__ = ["CommitOptions", "commit", "layer_from_dir"]
+__all__ = ["CommitOptions", "check_tag", "commit", "layer_from_dir"]
 
 _CHUNK = 1 << 20
 
@@ -105,6 +106,22 @@ def _config_for(image: Image) -> dict[str, object]:
     return cfg
 
 
+# docker's reference grammar (distribution/reference): [domain/]path[:tag],
+# the path lowercase; `docker load` and `podman load` refuse anything else.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*(?::[0-9]+)?"
+_REFERENCE = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[\w][\w.-]{{0,127}})?")
+
+
+def check_tag(tag: str) -> None:
+    """Refuse a tag that docker and podman would not load (ImageFSError)."""
+    name = tag.rsplit(":", 1)[0] if ":" in tag.rsplit("/", 1)[-1] else tag
+    if not _REFERENCE.fullmatch(tag) or len(name) > 255:
+        raise ImageFSError(f"-t {tag}: not an image name docker or podman would load (NAME[:TAG]: a name "
+                           "of lowercase letters, digits and separators . _ -, optionally after a registry "
+                           "host; a tag of letters, digits, _ . -)")
+
+
 def _history_of(cfg: dict[str, object], layers: int) -> list[object]:
     """The config's history up to its ``layers``-th layer: one entry per layer
     (and any number of ``empty_layer`` ones), as loaders check."""
@@ -137,8 +154,15 @@ def _base_layers(upper_dir: str, image: Image) -> int:
 
 def commit(upper_dir: str, archive_path: str, out_path: str, opts: CommitOptions) -> str:
     """Write the new image archive to ``out_path`` (atomically); returns the new image id."""
+    if opts.tag is not None:
+        check_tag(opts.tag)
     if not os.path.isdir(upper_dir):
+        if os.path.exists(upper_dir):
+            raise ImageFSError(f"{upper_dir} is not a directory (the overlay directory of a mount)")
         raise ImageFSError(f"overlay directory {upper_dir} does not exist")
+    if in_use(upper_dir):
+        raise ImageFSError(f"{upper_dir} is in use by a mount: unmount it first (its changes may not all be "
+                           "written yet)")
     archive = Archive(archive_path)
     out_dir = os.path.dirname(os.path.abspath(out_path)) or "."
     work = tempfile.mkdtemp(prefix=".imagefs-commit-", dir=out_dir)

@@ -174,9 +174,10 @@ def serve(tree: "ImageTree", mountpoint: str, opts: MountOptions, on_ready: Call
 
     ops: pyfuse3.Operations
     if opts.overlay:
-        from .overlay import Overlay
+        from .overlay import Overlay, hold
         from .rwops import OverlayOperations
 
+        hold(opts.overlay)  # released when this process exits
         ops = OverlayOperations(Overlay(tree, opts.overlay))
     else:
         ops = ReadOnlyOperations(tree)

@@ -23,6 +23,7 @@ and raise OSError with the errno a POSIX file system would give.
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
 import json
 import os
@@ -36,7 +37,7 @@ from .index import ROOT_INO
 from .paths import OPAQUE, WHITEOUT_PREFIX
 from .tree import ImageTree, Stat
 
-__all__ = ["BASE_FILE", "Found", "Overlay", "Stat", "check_overlay_dir", "read_base"]
+__all__ = ["BASE_FILE", "Found", "Overlay", "Stat", "check_overlay_dir", "hold", "in_use", "read_base"]
 
 # Temporary names for copies being made: hidden by the ".wh..wh." rule (aufs
 # metadata is dropped by every image reader) should a crash leave one behind.
@@ -120,6 +121,8 @@ def check_overlay_dir(path: str, mountpoint: str, shared: bool = False) -> str:
         raise MountError(f"overlay directory {d} is not a directory")
     if os.path.ismount(d):
         raise MountError(f"overlay directory {d} is a mount point of its own; use a directory inside it")
+    if in_use(d):
+        raise MountError(f"overlay directory {d} is in use by another mount")
     if not os.access(d, os.W_OK | os.X_OK):
         raise MountError(f"overlay directory {d} is not writable")
     st = os.stat(d)
@@ -128,6 +131,38 @@ def check_overlay_dir(path: str, mountpoint: str, shared: bool = False) -> str:
             f"overlay directory {d} is open to other users (mode {stat.S_IMODE(st.st_mode):04o}); with "
             f"allow_other they could plant setuid files or devices there: chmod 700 {d}")
     return d
+
+
+def hold(upper_dir: str) -> int:
+    """Take DIR for one mount: an exclusive lock on it, held by the returned
+    descriptor (the daemon keeps it open until it exits).  Two mounts writing
+    one DIR would each keep their own idea of it.
+
+    Raises:
+        MountError: another mount has it.
+    """
+    fd = os.open(upper_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise MountError(f"overlay directory {upper_dir} is in use by another mount") from None
+    return fd
+
+
+def in_use(upper_dir: str) -> bool:
+    """Whether a mount holds DIR (see `hold`)."""
+    try:
+        fd = os.open(upper_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 class Overlay:

@@ -343,6 +343,24 @@ def test_commit_errors_are_one_line(base: Path, tmp_path: Path, imagefs_bin: lis
     assert r.returncode == 1
     assert_one_line_error(r)
     assert not (tmp_path / "out.tar").exists()
+    r = run_cli(imagefs_bin, "commit", base, "--archive", base, "-o", tmp_path / "out.tar")
+    assert "is not a directory" in assert_one_line_error(r)
+
+
+@pytest.mark.parametrize("tag", ["BAD TAG!!", "path/Upper:x", "name:", "a..b:c", "x:" + "t" * 129, ":tag"])
+def test_commit_refuses_a_tag_loaders_refuse(base: Path, tmp_path: Path, imagefs_bin: list[str], tag: str) -> None:
+    (tmp_path / "scratch").mkdir()
+    r = run_cli(imagefs_bin, "commit", tmp_path / "scratch", "--archive", base, "-o", tmp_path / "out.tar", "-t", tag)
+    assert "not an image name docker or podman would load" in assert_one_line_error(r)
+    assert not (tmp_path / "out.tar").exists()
+
+
+@pytest.mark.parametrize("tag", ["x", "test:patched", "localhost/a/b_c__d-e:v1.0", "registry.example:5000/x:1",
+                                 "x:" + "t" * 128])
+def test_commit_takes_the_tags_loaders_take(tag: str) -> None:
+    from imagefs.commit import check_tag
+
+    check_tag(tag)
 
 
 def test_commit_with_a_socket_in_the_dir(base: Path, tmp_path: Path, imagefs_bin: list[str]) -> None:
@@ -420,6 +438,24 @@ def test_committed_archive_mounts_to_the_overlay_view(base: Path, tmp_path: Path
     m2 = mounted(out)
     committed_tree = ovs.listing(listing_py, m2.mountpoint)
     assert committed_tree == overlay_tree, ovs.diff_lines(overlay_tree, committed_tree, "overlay", "committed")
+
+
+@pytest.mark.fuse
+def test_a_dir_serves_one_mount_and_commit_waits_for_its_unmount(base: Path, tmp_path: Path,
+                                                                   mounted: Mounter) -> None:
+    """Two mounts writing one DIR would each keep their own idea of it, and a commit
+    while mounted could miss changes not yet written."""
+    scratch = tmp_path / "scratch"
+    m = mounted(base, "--overlay", str(scratch))
+    (m.mountpoint / "new").write_bytes(b"n")
+    mp2 = mounted.new_mountpoint()
+    r = mounted.run("mount", "--cache-dir", mounted.cache_dir, "--overlay", scratch, base, mp2, mountpoint=mp2)
+    assert assert_one_line_error(r, mp2) == f"overlay directory {scratch} is in use by another mount"
+    r = mounted.run("commit", scratch, "--archive", base, "-o", tmp_path / "out.tar")
+    assert "in use by a mount: unmount it first" in assert_one_line_error(r)
+    assert mounted.run("umount", m.mountpoint).returncode == 0
+    r = mounted.run("commit", scratch, "--archive", base, "-o", tmp_path / "out.tar")
+    assert r.returncode == 0, r.stderr
 
 
 @pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed")
