@@ -154,6 +154,8 @@ def mount(archive: str, mountpoint: str, foreground: bool, options: tuple[str, .
     """
     _setup_logging(debug, quiet)
     mp = mounting.check_mountpoint(mountpoint)
+    if log_file is not None and not foreground:
+        mounting.check_log_file(log_file)
     if overlay is not None:
         from imagefs.overlay import check_overlay_dir
 
@@ -219,10 +221,14 @@ def images(archive: str, as_json: bool, debug: bool) -> None:
         for row in rows:
             click.echo(json.dumps(row))
         return
-    click.echo(f"{'#':>3}  {'ID':<12}  {'LAYERS':>6}  {'SIZE':>10}  TAGS")
+    # A platform column only where an index names them (a multi-platform OCI archive).
+    width = max((len(row["platform"] or "") for row in rows), default=0)
+    platform = (lambda row: f"{row['platform'] or '-':<{width}}  ") if width else (lambda row: "")
+    click.echo(f"{'#':>3}  {'ID':<12}  {'LAYERS':>6}  {'SIZE':>10}  "
+               f"{platform({'platform': 'PLATFORM'}) if width else ''}TAGS")
     for row in rows:
         click.echo(f"{row['index']:>3}  {row['id'].removeprefix('sha256:')[:12]:<12}  {row['layers']:>6}  "
-                   f"{_human(row['size']):>10}  {', '.join(row['tags']) or '<none>'}")
+                   f"{_human(row['size']):>10}  {platform(row)}{', '.join(row['tags']) or '<none>'}")
 
 
 @main.command("index")

@@ -304,7 +304,8 @@ def normalize_ref(ref: str) -> str:
 
 def describe(images: list[Image]) -> str:
     return "; ".join(
-        f"{n}: {', '.join(img.tags) or '<untagged>'} ({img.short_id})" for n, img in enumerate(images, 1)
+        f"{n}: {', '.join(img.tags) or '<untagged>'} ({img.short_id}{', ' + img.platform if img.platform else ''})"
+        for n, img in enumerate(images, 1)
     )
 
 

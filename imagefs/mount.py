@@ -508,6 +508,14 @@ def _wait_ready(rfd: int) -> str:
     return msg.decode(errors="replace").strip()
 
 
+def check_log_file(path: str) -> None:
+    """Refuse a --log-file the daemon could not open (MountError), before anything starts."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+    except OSError as e:
+        raise MountError(f"cannot write the log file {path}: {e.strerror}") from None
+
+
 def _daemonize(log_file: str | None) -> None:
     """Detach a forked child: own session, no terminal, stdio to /dev/null (or the log)."""
     os.setsid()

@@ -240,6 +240,15 @@ def test_a_failed_fuse_handshake_is_an_error(mounted: Mounter, tmp_path: Path, f
 
 
 @pytest.mark.fuse
+def test_an_unwritable_log_file_is_one_error(mounted: Mounter, tmp_path: Path) -> None:
+    archive = _good(tmp_path / "good.tar")
+    mp = mounted.new_mountpoint()
+    log = tmp_path / "no" / "such" / "dir" / "log"
+    r = mounted.run("mount", "--cache-dir", tmp_path / "cache", "--log-file", log, archive, mp, mountpoint=mp)
+    assert assert_one_line_error(r, mp) == f"cannot write the log file {log}: No such file or directory"
+
+
+@pytest.mark.fuse
 def test_layer_out_of_range(mounted: Mounter, tmp_path: Path) -> None:
     archive = _good(tmp_path / "good.tar")
     mp = mounted.new_mountpoint()
@@ -322,6 +331,21 @@ def test_images_table(tmp_path: Path) -> None:
     assert lines[1].split()[0] == "1" and lines[1].endswith("localhost/app:latest, localhost/app:v1")
     assert lines[2].split()[0] == "2" and lines[2].endswith("example.com/app:latest")
     assert lines[3].split()[0] == "3" and lines[3].endswith("tools:2.0")
+
+
+def test_images_table_shows_platforms_where_there_are_some(tmp_path: Path) -> None:
+    """A multi-platform OCI archive lists one image per platform, tags alike."""
+    from test_manifest import OCI, TARS, annotated, with_platform
+
+    oci = OCI()
+    amd = with_platform(oci.image(TARS[:2], "amd64"), "amd64")
+    arm = with_platform(oci.image(TARS[1:], "arm64"), "arm64", "v8")
+    path = oci.write(tmp_path / "a.tar", [annotated(oci.index([amd, arm]), "multi:1")])
+    lines = _invoke("images", str(path)).stdout.splitlines()
+    assert lines[0].split() == ["#", "ID", "LAYERS", "SIZE", "PLATFORM", "TAGS"]
+    assert [line.split()[-2:] for line in lines[1:]] == [["linux/amd64", "multi:1"], ["linux/arm64/v8", "multi:1"]]
+    r = _invoke("images", str(_multi(tmp_path)))  # none named: no column
+    assert "PLATFORM" not in r.stdout
 
 
 def test_images_json(tmp_path: Path) -> None:
