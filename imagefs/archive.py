@@ -8,6 +8,7 @@ are followed.
 
 from __future__ import annotations
 
+import logging
 import stat
 from typing import Callable
 
@@ -17,6 +18,8 @@ from .blobs import Blob, FileBlob, Span
 from .errors import ArchiveError, ImageFormatError, TarFormatError
 from .paths import normalize, split
 from .tarscan import BLOCK, HARDLINK, Member, is_tar_header, scan
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Archive"]
 
@@ -71,7 +74,7 @@ class Archive:
 
             check = beside(check_gzip, self.file, path)  # indexed_gzip checks no CRC
         try:
-            for m in scan(self.blob, self.blob.length, on_progress=progress):
+            for m in scan(self.blob, self.blob.length, lambda msg: log.warning("%s: %s", path, msg), progress):
                 self.members[m.path] = m
         except (TarFormatError, OSError) as e:
             if check is not None:

@@ -244,6 +244,9 @@ def scan(
     it is a truncated archive.  ``on_progress(offset, members)`` is called now
     and then with how far the scan has come.
 
+    A stream that ends at a member boundary without the end-of-archive blocks
+    gives its members and a warning.
+
     Raises:
         TarFormatError: a header is corrupt or the stream ends inside a member.
     """
@@ -279,9 +282,15 @@ def scan(
             if len(hdr) == 0 and pos == 0:
                 return  # an empty stream holds no members
             if len(hdr) == 0:
-                # Every writer ends a tar with zero blocks; a stream that stops at a member
-                # boundary without them was cut there (and would silently lose the rest).
-                raise TarFormatError(f"truncated tar: no end-of-archive marker after byte {pos}")
+                if pending or long_name is not None or long_link is not None:
+                    raise TarFormatError(f"truncated tar: the extended header before byte {pos} has no member")
+                if len(buf.read(1, pos - 1)) == 0:  # the length was unknown, the data claimed too long
+                    raise TarFormatError(f"truncated tar: the stream ends inside a member's data before byte {pos}")
+                # Every writer ends a tar with zero blocks: a stream that stops at a member
+                # boundary without them may have been cut there.  GNU tar, podman and umoci
+                # read it all the same, and so does this; the user hears of it.
+                warn(f"no end-of-archive marker after byte {pos}: the tar may have been cut short")
+                return
             raise TarFormatError(f"truncated tar: the stream ends inside a header at byte {pos}")
         if hdr == _ZERO_BLOCK:
             return
