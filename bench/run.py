@@ -266,21 +266,34 @@ class Bench:
         wl.warm_file(ext)
         self.timed("extracted.cat1", wl.cat(ext, self.s.cap))
         self.timed("extracted.cat2", wl.cat(ext, self.s.cap))
-        for kind, cache in (("ratarmount", self.fresh_ratar_index("bigfile")), ("imagefs", self.fresh_cache("bigfile"))):
-            target = d["layer_path"] if kind == "ratarmount" else d["archive_path"]
-            mnt = self.mount(kind, "bigfile", target, cache, f"{kind}.bigfile_mount")
-            path = os.path.join(mnt.mountpoint, member)
-            wl.warm_file(target)  # as the reference had it: the machine may have dropped its pages since
-            self.timed(f"{kind}.cat1", wl.cat(path, self.s.cap))
-            self.timed(f"{kind}.cat2", wl.cat(path, self.s.cap))
-            self.mounts.unmount(mnt.mountpoint)
+        # A first read puts 200 MiB in fresh page-cache pages, which on these VMs may
+        # first have to come back from the host; the reference is the best of three
+        # runs, so each FUSE server's first read is the best of two fresh mounts
+        # (an unmount drops the file's pages), taken in turn.
+        servers = [("ratarmount", self.fresh_ratar_index("bigfile")), ("imagefs", self.fresh_cache("bigfile"))]
         if self.tools.blobfs is not None:  # the floor: the same bytes through the least a FUSE server can do
-            mnt = self.mounts.blobfs(d["archive_path"], d["offset_in_archive"], size, self.mp("blobfs-bigfile"))
-            path = os.path.join(mnt.mountpoint, "blob")
-            wl.warm_file(d["archive_path"])
-            self.timed("blobfs.cat1", wl.cat(path, self.s.cap))
-            self.timed("blobfs.cat2", wl.cat(path, self.s.cap))
-            self.mounts.unmount(mnt.mountpoint)
+            servers.append(("blobfs", ""))
+        firsts: dict[str, list[wl.Timing]] = {kind: [] for kind, _ in servers}
+        for round_ in range(2):
+            for kind, cache in servers:
+                mnt, path = self.bigfile_mount(kind, cache, round_ == 0)
+                wl.warm_file(d["archive_path"] if kind != "ratarmount" else d["layer_path"])
+                firsts[kind].append(wl.cat(path, self.s.cap))
+                if round_ == 0:
+                    self.timed(f"{kind}.cat2", wl.cat(path, self.s.cap))
+                self.mounts.unmount(mnt.mountpoint)
+        for kind, runs in firsts.items():
+            self.timed(f"{kind}.cat1", min(runs, key=lambda t: t.seconds))
+
+    def bigfile_mount(self, kind: str, cache: str, first: bool) -> tuple[Any, str]:
+        """A mount of the bigfile image by ``kind``, and the path of its big file there."""
+        d = self.data["bigfile"]
+        if kind == "blobfs":
+            mnt = self.mounts.blobfs(d["archive_path"], d["offset_in_archive"], d["size"], self.mp("blobfs-bigfile"))
+            return mnt, os.path.join(mnt.mountpoint, "blob")
+        target = d["layer_path"] if kind == "ratarmount" else d["archive_path"]
+        mnt = self.mount(kind, "bigfile", target, cache, f"{kind}.bigfile_mount" if first else None)
+        return mnt, os.path.join(mnt.mountpoint, d["member"])
 
     def section_gzip(self) -> None:
         d = self.data["gzip"]
