@@ -565,7 +565,10 @@ class Overlay:
         dp = self.copy_up(dp)
         sp = self.resolve(sp.path) or sp
         target = _join(dp.path, dname)
-        if src_dir and dst is not None and dst.lower:
+        lower_target = self._lower_had(dp, dname)  # visible, or deleted with .wh.NAME
+        if src_dir and lower_target:
+            # Opaque before it lands: from the moment it is there, the image's old
+            # directory must not show through it (nor after a crash).
             os.close(os.open(self.up(src.path) + b"/" + OPAQUE, os.O_WRONLY | os.O_CREAT, 0o644))
         if self._lower_had(sp, sname) and not self._hides_lower(sp.path, sname):
             self._whiteout(sp, sname)
@@ -574,16 +577,16 @@ class Overlay:
             # DIR's copy of the target holds only whiteouts (it is empty in the merged
             # view), and rename(2) will not replace a non-empty directory.  Removing it
             # first would let a crash bring back the image files those whiteouts hide:
-            # hide the whole target with .wh.NAME, then move the copy aside.
-            self._whiteout(dp, dname)
+            # hide the whole target with .wh.NAME (if the image has one), then move the
+            # copy aside.
+            if lower_target:
+                self._whiteout(dp, dname)
             aside = self._tmp_name(dp.path)
             os.rename(self.up(target), aside)
         os.rename(self.up(src.path), self.up(target))
         self._drop_whiteout(dp, dname)
         if aside is not None:
             shutil.rmtree(aside)
-        if src_dir and self._lower_had(dp, dname) and not os.path.lexists(self.up(target) + b"/" + OPAQUE):
-            os.close(os.open(self.up(target) + b"/" + OPAQUE, os.O_WRONLY | os.O_CREAT, 0o644))
         return Found(target, 0, True)
 
     def setattr(self, f: Found, mode: int | None = None, uid: int | None = None, gid: int | None = None,

@@ -282,6 +282,32 @@ def test_create_existing_is_eexist(env: Env, path: str) -> None:
     assert env.view() == view
 
 
+def test_crash_during_rename_onto_a_deleted_image_directory_keeps_deletions(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The target name was the image's, deleted (only .wh.NAME is left): the moved
+    directory is opaque before it lands, so no crash lets the image's files show in it."""
+    env.unlink("usr/share/doc/a/README")
+    env.rmdir("usr/share/doc/a")
+    env.mkdir("d1")
+    env.create("d1/new", b"n")
+    _crash_after(monkeypatch, "unlink", ".wh.a")  # moved in; the target's whiteout not yet dropped
+    with pytest.raises(SystemExit):
+        env.rename("d1", "usr/share/doc/a")
+    monkeypatch.undo()
+    env.reopen()
+    assert env.names("usr/share/doc/a") == ["new"]
+
+
+def test_rename_over_an_empty_directory_with_a_name_too_long_for_a_whiteout(env: Env) -> None:
+    """No image entry there: nothing to hide, so no .wh.NAME (which could not be made)."""
+    long = "L" * 253
+    env.mkdir(long)
+    env.mkdir("d1")
+    env.create("d1/f", b"f")
+    env.rename("d1", long)
+    assert env.names(long) == ["f"] and not env.exists("d1")
+
+
 def test_dir_is_refused_over_another_layer_or_image(tmp_path: Path) -> None:
     """DIR's changes mean the same only over the tree they were made over."""
     env = Env(tmp_path)
