@@ -258,6 +258,7 @@ def scan(
     pending: list[tuple[bytes, bytes]] = []  # PAX records for the next member
     long_name: bytes | None = None
     long_link: bytes | None = None
+    extended_at: int | None = None  # an extended header not yet followed by a member header
     fast = _tarfast.scan_plain if _tarfast is not None else None
     limit = -1 if length is None else length
     while True:
@@ -282,8 +283,8 @@ def scan(
             if len(hdr) == 0 and pos == 0:
                 return  # an empty stream holds no members
             if len(hdr) == 0:
-                if pending or long_name is not None or long_link is not None:
-                    raise TarFormatError(f"truncated tar: the extended header before byte {pos} has no member")
+                if extended_at is not None:
+                    raise TarFormatError(f"truncated tar: the extended header at byte {extended_at} has no member")
                 if len(buf.read(1, pos - 1)) == 0:  # the length was unknown, the data claimed too long
                     raise TarFormatError(f"truncated tar: the stream ends inside a member's data before byte {pos}")
                 # Every writer ends a tar with zero blocks: a stream that stops at a member
@@ -323,10 +324,12 @@ def scan(
                 long_name = _cstr(data)
             else:
                 long_link = _cstr(data)
+            extended_at = pos
             pos = data_at + padded
             continue
 
         member_at = pos
+        extended_at = None
         magic = hdr[257:263]
         name = _cstr(hdr[0:100])
         if magic == b"ustar\0":  # POSIX ustar: the prefix field extends the name

@@ -655,10 +655,18 @@ def test_truncated_in_data_without_length_is_still_an_error() -> None:
         members(data, length=None)
 
 
-def test_truncated_after_an_extended_header() -> None:
-    for data in (pax([(b"path", b"x")]), raw_header(b"././@LongLink", size=5, typeflag=b"L") + pad(b"long\0")):
-        with pytest.raises(TarFormatError, match="truncated"):
-            members(data)
+@pytest.mark.parametrize("length", ["real", None], ids=["length", "no-length"])
+@pytest.mark.parametrize("tail", [
+    pax([(b"path", b"x")]), raw_header(b"././@LongLink", size=5, typeflag=b"L") + pad(b"long\0"),
+    pax([]), pax([], raw=bytes(20)), pax([(b"comment", b"c")], typeflag=b"g"),
+], ids=["pax", "gnu-long-name", "empty-pax", "nul-pax", "global"])
+def test_truncated_after_an_extended_header(tail: bytes, length: str | None) -> None:
+    """An extended header says a member follows: without one the stream was cut,
+    even when the header holds no record (it is not a tar that merely lacks its
+    end-of-archive blocks)."""
+    data = entry(b"first", b"1") + tail
+    with pytest.raises(TarFormatError, match=f"truncated tar: the extended header at byte {BLOCK * 2} has no member"):
+        members(data, length=-1 if length else None)
 
 
 def test_truncated_inside_extended_header_data() -> None:
