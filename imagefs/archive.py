@@ -8,12 +8,12 @@ are followed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import stat
 from typing import Callable
 
 from . import blobs
-from .beside import beside
 from .blobs import Blob, FileBlob, Span
 from .errors import ArchiveError, ImageFormatError, TarFormatError
 from .paths import normalize, split
@@ -68,27 +68,20 @@ class Archive:
             if on_progress is not None:
                 on_progress(offset, count)
 
-        check = None
+        checked: contextlib.AbstractContextManager[Blob] = contextlib.nullcontext(self.blob)
         if self.compression == "gzip":
-            from .gzipblob import check_gzip, check_limit
+            from .gzipblob import crc_checked
 
-            check = beside(check_gzip, self.file, path)  # indexed_gzip checks no CRC
-        try:
-            for m in scan(self.blob, self.blob.length, lambda msg: log.warning("%s: %s", path, msg), progress):
-                self.members[m.path] = m
-        except (TarFormatError, OSError) as e:
-            if check is not None:
-                check.result()  # corrupt gzip data explains a broken tar better
-            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            if isinstance(e, OSError) and self.compression == "none":
-                raise ArchiveError(f"cannot read {path}: {why}") from None
-            raise ArchiveError(f"{path} is damaged: {why}") from None
-        except BaseException:
-            if check is not None:
-                check.cancel()
-            raise
-        if check is not None:
-            check.result(limit=check_limit(self.members.values()))
+            checked = crc_checked(self.file, self.blob, path)  # indexed_gzip checks no CRC
+        with checked as reader:
+            try:
+                for m in scan(reader, reader.length, lambda msg: log.warning("%s: %s", path, msg), progress):
+                    self.members[m.path] = m
+            except (TarFormatError, OSError) as e:
+                why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                if isinstance(e, OSError) and self.compression == "none":
+                    raise ArchiveError(f"cannot read {path}: {why}") from None
+                raise ArchiveError(f"{path} is damaged: {why}") from None
         if not self.members:
             raise ArchiveError(f"{path} is an empty tar archive, not an image")
 

@@ -46,7 +46,11 @@ class Check:
         if self._thread is None:
             self._run()
         else:
-            self._thread.join()
+            try:
+                self._thread.join()
+            except BaseException:  # Ctrl-C while waiting: the check must not outlive its caller
+                self.cancel()
+                raise
         if self._error is not None:
             raise self._error
 

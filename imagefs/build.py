@@ -18,7 +18,6 @@ from typing import Any, Callable, Iterator
 
 from . import blobs, cache, tarscan
 from .archive import Archive
-from .beside import beside
 from .blobs import Blob, Span
 from .errors import ArchiveError, ImageSelectError, IndexCacheError, IntegrityError
 from .index import Index, temp_path, write_index
@@ -90,8 +89,9 @@ def _digest_of(blob: Blob, what: str, progress: Callable[[int], None]) -> str:
 
 
 def _verify(ref: LayerRef, raw: Span, stream: Blob, what: str, compression: str,
-            progress: Callable[[int], None]) -> None:
-    """Check the layer's blob digest and diff_id against the bytes (``--verify``)."""
+            progress: Callable[[int], None]) -> bool:
+    """Check the layer's blob digest and diff_id against the bytes (``--verify``);
+    False if the image records neither, so that nothing was checked."""
     checks = []
     if ref.digest and ref.digest.startswith("sha256:"):
         checks.append(("digest", ref.digest, raw))
@@ -105,6 +105,7 @@ def _verify(ref: LayerRef, raw: Span, stream: Blob, what: str, compression: str,
         got = _digest_of(blob, what, progress)
         if got != want:
             raise IntegrityError(f"{what} does not match its {kind}: expected {want}, the bytes give {got}")
+    return bool(checks)
 
 
 class _Builder:
@@ -140,8 +141,8 @@ class _Builder:
                 key = LayerCache.key(ref.diff_id, stream) if ref.diff_id else LayerCache.key(ref.digest, span)
             except OSError as e:
                 raise ArchiveError(f"{what}: {e.strerror or e}") from None
-        if self.opts.verify:
-            _verify(ref, span, stream, what, blobs.sniff(span), lambda pos: self._report(min(pos, span.length or 0)))
+        verified = self.opts.verify and _verify(ref, span, stream, what, blobs.sniff(span),
+                                                lambda pos: self._report(min(pos, span.length or 0)))
         if key and self.layer_cache:
             cached = self.layer_cache.load(key)
             if cached is not None:
@@ -163,26 +164,19 @@ class _Builder:
             pos = getattr(stream, "raw_position", offset)
             self._report(min(pos, span.length or 0), count)
 
-        check = None
-        if compression == "gzip" and not self.opts.verify:  # --verify hashes every byte anyway
-            from .gzipblob import check_gzip, check_limit  # imports indexed_gzip (50 ms)
+        checked: contextlib.AbstractContextManager[Blob] = contextlib.nullcontext(stream)
+        if compression == "gzip" and not verified:  # --verify hashed every byte
+            from .gzipblob import crc_checked  # imports indexed_gzip (50 ms)
 
             # indexed_gzip checks no CRC: zlib does, beside the scan, on the other core
             # (after it, if the layer sits in a compressed archive that one reader decodes).
-            check = beside(check_gzip, span, what, parallel=blobs.shareable(span))
-        try:
-            found = list(scan(stream, stream.length, warn, report))
-        except (ArchiveError, OSError) as e:
-            if check is not None:
-                check.result()  # corrupt gzip data explains a broken tar better
-            why = e.strerror if isinstance(e, OSError) else str(e)
-            raise ArchiveError(f"{what}: {why}") from None
-        except BaseException:
-            if check is not None:
-                check.cancel()
-            raise
-        if check is not None:
-            check.result(limit=check_limit(found))
+            checked = crc_checked(span, stream, what, parallel=blobs.shareable(span))
+        with checked as reader:
+            try:
+                found = list(scan(reader, reader.length, warn, report))
+            except (ArchiveError, OSError) as e:
+                why = e.strerror if isinstance(e, OSError) else str(e)
+                raise ArchiveError(f"{what}: {why}") from None
         _save_state(stream)
         if key and self.layer_cache:
             self.layer_cache.store(key, found)

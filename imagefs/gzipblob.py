@@ -16,24 +16,25 @@ directly instead: twice indexed_gzip's throughput, faster than ``gzip -dc``.
 indexed_gzip inflates raw deflate data and checks no gzip trailer, so a
 flipped byte in a layer would reach readers as wrong bytes.  `check_gzip`
 inflates the whole stream once with zlib, which checks every member's CRC-32
-and length; the first mount runs it beside the scan.
+and length; the first mount runs it beside the scan (`crc_checked`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import zlib
-from typing import Callable, Iterable
+from typing import Callable, Iterator
 
 import indexed_gzip
 
 from .blobs import Blob, BlobFile
-from .errors import ArchiveError
-from .tarscan import Member
+from .beside import beside
+from .errors import ArchiveError, TarFormatError
 
-__all__ = ["GzipBlob", "check_gzip", "check_limit"]
+__all__ = ["GzipBlob", "check_gzip", "crc_checked"]
 
 log = logging.getLogger(__name__)
 
@@ -175,15 +176,52 @@ class GzipBlob:
 
 
 _MAGIC = b"\x1f\x8b"
-# How far past the tar's last member `check_gzip` goes before it gives up:
+# How far past the scan's last read `check_gzip` goes before it gives up:
 # writers pad a tar to 10 KiB records, a bomb pads it with gigabytes.
-_PAST_TAR_END = 1 << 20
+_PAST_SCAN = 1 << 20
 
 
-def check_limit(members: Iterable[Member]) -> int:
-    """How much output `check_gzip` must see for the tar whose ``members`` a scan
-    read: to where the last one's data ends, and some padding."""
-    return max((m.offset + m.size for m in members), default=0) + _PAST_TAR_END
+class _Furthest:
+    """``blob`` read through, remembering how far the reads went."""
+
+    __slots__ = ("blob", "furthest")
+
+    def __init__(self, blob: Blob) -> None:
+        self.blob = blob
+        self.furthest = 0
+
+    @property
+    def length(self) -> int | None:
+        return self.blob.length
+
+    def pread(self, n: int, offset: int) -> bytes:
+        data = self.blob.pread(n, offset)
+        self.furthest = max(self.furthest, offset + len(data))
+        return data
+
+
+@contextlib.contextmanager
+def crc_checked(raw: Blob, stream: Blob, what: str, parallel: bool = True) -> Iterator[Blob]:
+    """Check the CRC-32s of the gzip stream ``raw`` (`check_gzip`) while the
+    block scans its uncompressed ``stream`` through the reader this yields.
+
+    The check runs in a thread beside the block, or after it where two
+    threads must not read ``raw`` at once (``parallel=False``).  It goes no
+    further than a little past the block's last read: nothing beyond is ever
+    served.  Corrupt data raises ArchiveError, also in place of an error of
+    the block's own, which it explains better (a broken tar).
+    """
+    reader = _Furthest(stream)
+    check = beside(check_gzip, raw, what, parallel=parallel)
+    try:
+        yield reader
+    except (ArchiveError, TarFormatError, OSError):
+        check.result(limit=reader.furthest + _PAST_SCAN)
+        raise
+    except BaseException:
+        check.cancel()
+        raise
+    check.result(limit=reader.furthest + _PAST_SCAN)
 
 
 def check_gzip(raw: Blob, what: str, stop: Callable[[int], bool] = lambda _done: False) -> None:
@@ -199,12 +237,18 @@ def check_gzip(raw: Blob, what: str, stop: Callable[[int], bool] = lambda _done:
     Raises:
         ArchiveError: corrupt or truncated gzip data.
     """
+    def read(at: int) -> bytes:
+        try:
+            return raw.pread(_CHUNK, at)
+        except OSError as e:
+            raise ArchiveError(f"{what}: cannot read it ({e.strerror or e})") from None
+
     inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
     pos = done = 0
     data = b""
     while not stop(done):
         if not data:
-            data = raw.pread(_CHUNK, pos)
+            data = read(pos)
             pos += len(data)
             if not data:
                 raise ArchiveError(f"{what}: truncated gzip data (the stream ends inside a member)")
@@ -217,7 +261,7 @@ def check_gzip(raw: Blob, what: str, stop: Callable[[int], bool] = lambda _done:
             continue
         data = inflate.unused_data + data
         while len(data) < len(_MAGIC):
-            more = raw.pread(_CHUNK, pos)
+            more = read(pos)
             if not more:
                 break
             pos += len(more)

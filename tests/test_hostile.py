@@ -797,6 +797,17 @@ def test_gzip_of_10_mb_of_zeros_as_a_layer(env: Env) -> None:
     assert sum(f.stat().st_size for f in env.cache.rglob("*") if f.is_file()) < 16 << 20
 
 
+def test_gzip_of_zeros_after_a_broken_header_fails_at_once(env: Env) -> None:
+    """The scan fails at its second header; the CRC check beside it must stop near
+    there too, not inflate the 10 GiB of zeros that follow to reach the trailer."""
+    broken = bytearray(raw_header(b"second", size=3))
+    broken[148:156] = b"0000000\0"  # a checksum that does not match
+    bomb = ft.gzip_bomb(entry(b"first", b"1") + bytes(broken), 10 * 1024)
+    out = _run_bomb(env, env.blobs(bomb))
+    assert out["result"].startswith("ImageFSError: ") and "checksum mismatch" in out["result"], out
+    assert out["seconds"] < 10, out
+
+
 def test_gzip_bomb_behind_a_huge_member_stays_within_bounds(env: Env) -> None:
     """512 KiB of gzip declaring a 512 MiB file: the scan must skip it by decompressing,
     the memory it keeps (seek points) stays a small fraction of that, reads work."""
