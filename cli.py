@@ -129,7 +129,7 @@ def main() -> None:
                    "The mount is always ro,nosuid,nodev,default_permissions.")
 @click.option("--layer", type=int, default=None, metavar="N",
               help="Mount the image as it was after layer N (1 = base; negative counts from the top).")
-@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+@click.option("--log-file", type=click.Path(dir_okay=False, resolve_path=True), default=None,
               help="Where the background daemon writes its log [default: nowhere].")
 @click.option("--overlay", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Make the mount writable: changes go to DIR (created if missing) as an OCI layer "

@@ -441,13 +441,18 @@ def spawn_daemon(request: dict[str, object], mountpoint: str, log_file: str | No
         raise MountError(f"cannot start the imagefs daemon: {e.strerror}") from None
     if pid == 0:
         os.close(rfd)
-        _daemonize(log_file)
         code = 1
-        try:
+        try:  # whatever happens, the child never returns into the caller's code
+            _daemonize(log_file)
             run_daemon(request, wfd)
             code = 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
+        except BaseException as e:
+            try:
+                os.write(wfd, f"error: cannot start the imagefs daemon: {e}\n".encode())
+            except OSError:
+                pass
         finally:
             os._exit(code)
     os.close(wfd)

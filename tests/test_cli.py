@@ -249,6 +249,20 @@ def test_an_unwritable_log_file_is_one_error(mounted: Mounter, tmp_path: Path) -
 
 
 @pytest.mark.fuse
+def test_a_relative_log_file_is_where_the_user_is(mounted: Mounter, tmp_path: Path) -> None:
+    """The daemon changes to / before it opens its log: the name must be resolved first."""
+    archive = _good(tmp_path / "good.tar")
+    mp = mounted.new_mountpoint()
+    name = f"imagefs-test-{os.getpid()}.log"
+    mounted.track(mp)
+    r = run_cli(mounted.cli, "mount", "--debug", "--cache-dir", tmp_path / "cache", "--log-file", name, archive, mp,
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / name).stat().st_size > 0  # --debug: the daemon wrote there
+    assert not os.path.exists("/" + name)
+
+
+@pytest.mark.fuse
 def test_layer_out_of_range(mounted: Mounter, tmp_path: Path) -> None:
     archive = _good(tmp_path / "good.tar")
     mp = mounted.new_mountpoint()
