@@ -24,9 +24,9 @@ from typing import BinaryIO, Iterator
 
 from . import blobs
 from .archive import Archive
-from .errors import ImageFSError
+from .errors import ImageFSError, IntegrityError, MountError
 from .manifest import Image, read_images, select_image
-from .overlay import BASE_FILE, TMP_PREFIX, in_use, read_base
+from .overlay import BASE_FILE, TMP_PREFIX, hold, read_base
 
 __all__ = ["CommitOptions", "check_tag", "commit", "layer_from_dir"]
 
@@ -110,13 +110,23 @@ def _config_for(image: Image) -> dict[str, object]:
 # the path lowercase; `docker load` and `podman load` refuse anything else.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*(?::[0-9]+)?"
-_REFERENCE = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[\w][\w.-]{{0,127}})?")
+_REFERENCE = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?",
+                        re.ASCII)
+
+
+def _full_name(name: str) -> str:
+    """``name`` as docker completes it (``ubuntu`` -> ``docker.io/library/ubuntu``): its
+    255-character limit counts that."""
+    first, _, rest = name.partition("/")
+    if rest and (any(c in first for c in ".:") or first == "localhost" or first.lower() != first):
+        return name  # the first component is a registry host
+    return ("docker.io/" if rest else "docker.io/library/") + name
 
 
 def check_tag(tag: str) -> None:
     """Refuse a tag that docker and podman would not load (ImageFSError)."""
     name = tag.rsplit(":", 1)[0] if ":" in tag.rsplit("/", 1)[-1] else tag
-    if not _REFERENCE.fullmatch(tag) or len(name) > 255:
+    if not _REFERENCE.fullmatch(tag) or len(_full_name(name)) > 255:
         raise ImageFSError(f"-t {tag}: not an image name docker or podman would load (NAME[:TAG]: a name "
                            "of lowercase letters, digits and separators . _ -, optionally after a registry "
                            "host; a tag of letters, digits, _ . -)")
@@ -160,9 +170,18 @@ def commit(upper_dir: str, archive_path: str, out_path: str, opts: CommitOptions
         if os.path.exists(upper_dir):
             raise ImageFSError(f"{upper_dir} is not a directory (the overlay directory of a mount)")
         raise ImageFSError(f"overlay directory {upper_dir} does not exist")
-    if in_use(upper_dir):
+    try:
+        held = hold(upper_dir)  # for the whole commit: a mount must not start writing DIR meanwhile
+    except MountError:
         raise ImageFSError(f"{upper_dir} is in use by a mount: unmount it first (its changes may not all be "
-                           "written yet)")
+                           "written yet)") from None
+    try:
+        return _commit(upper_dir, archive_path, out_path, opts)
+    finally:
+        os.close(held)
+
+
+def _commit(upper_dir: str, archive_path: str, out_path: str, opts: CommitOptions) -> str:
     archive = Archive(archive_path)
     out_dir = os.path.dirname(os.path.abspath(out_path)) or "."
     work = tempfile.mkdtemp(prefix=".imagefs-commit-", dir=out_dir)
@@ -176,6 +195,10 @@ def commit(upper_dir: str, archive_path: str, out_path: str, opts: CommitOptions
             tmp = os.path.join(work, f"layer{i}.tar")
             with open(tmp, "wb") as f:
                 diff_id, _ = _copy_hashing(stream, f)
+            if ref.diff_id and ref.diff_id.startswith("sha256:") and diff_id != ref.diff_id:
+                # The bytes are copied anyway: a damaged layer must not pass into a new image.
+                raise IntegrityError(f"{archive_path}: layer {i + 1} does not match its diff_id: expected "
+                                     f"{ref.diff_id}, the bytes give {diff_id}")
             layer_files.append((diff_id, tmp))
         tmp = os.path.join(work, "top.tar")
         with open(tmp, "wb") as f:

@@ -347,7 +347,8 @@ def test_commit_errors_are_one_line(base: Path, tmp_path: Path, imagefs_bin: lis
     assert "is not a directory" in assert_one_line_error(r)
 
 
-@pytest.mark.parametrize("tag", ["BAD TAG!!", "path/Upper:x", "name:", "a..b:c", "x:" + "t" * 129, ":tag"])
+@pytest.mark.parametrize("tag", ["BAD TAG!!", "path/Upper:x", "name:", "a..b:c", "x:" + "t" * 129, ":tag",
+                                 "foo:t\u00e4g", "foo:\u0661\u0662", "a" * 240])
 def test_commit_refuses_a_tag_loaders_refuse(base: Path, tmp_path: Path, imagefs_bin: list[str], tag: str) -> None:
     (tmp_path / "scratch").mkdir()
     r = run_cli(imagefs_bin, "commit", tmp_path / "scratch", "--archive", base, "-o", tmp_path / "out.tar", "-t", tag)
@@ -361,6 +362,20 @@ def test_commit_takes_the_tags_loaders_take(tag: str) -> None:
     from imagefs.commit import check_tag
 
     check_tag(tag)
+
+
+def test_commit_refuses_a_layer_that_does_not_match_its_diff_id(base: Path, tmp_path: Path,
+                                                               imagefs_bin: list[str]) -> None:
+    """commit copies every layer anyway, hashing it: a damaged one must not pass into a new image."""
+    (tmp_path / "scratch").mkdir()
+    raw = bytearray(base.read_bytes())
+    at = raw.index(b"#!/bin/sh\necho tool")  # usr/bin/tool, in the first layer
+    raw[at] ^= 0x20
+    damaged = tmp_path / "damaged.tar"
+    damaged.write_bytes(bytes(raw))
+    r = run_cli(imagefs_bin, "commit", tmp_path / "scratch", "--archive", damaged, "-o", tmp_path / "out.tar")
+    assert "does not match its diff_id" in assert_one_line_error(r)
+    assert not (tmp_path / "out.tar").exists()
 
 
 def test_commit_with_a_socket_in_the_dir(base: Path, tmp_path: Path, imagefs_bin: list[str]) -> None:
