@@ -113,6 +113,9 @@ class ReadOnlyOperations(pyfuse3.Operations):
     # Read by the patched pyfuse3 (ci/patch_pyfuse3.py): listings of an image
     # never change, so the kernel may keep them.
     imagefs_cache_readdir = True
+    # The mount's -o max_read, which the patched pyfuse3's INIT handler (level 8)
+    # must repeat to libfuse; mount.serve sets it (0: none given).
+    imagefs_max_read = 0
 
     def __init__(self, tree: ImageTree, timeout: float = CACHE_TIMEOUT, no_open: bool | None = None) -> None:
         super().__init__()

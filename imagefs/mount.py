@@ -22,11 +22,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from .errors import ImageFSError, MountError
 
 if TYPE_CHECKING:
+    from .fuseops import ReadOnlyOperations
+    from .rwops import OverlayOperations
     from .tree import ImageTree
 
 __all__ = ["MountOptions", "check_mountpoint", "fuse_options", "run_daemon", "serve", "spawn_daemon", "unmount"]
@@ -172,18 +174,26 @@ def serve(tree: "ImageTree", mountpoint: str, opts: MountOptions, on_ready: Call
 
     from .fuseops import ReadOnlyOperations
 
-    ops: pyfuse3.Operations
+    ops: ReadOnlyOperations | OverlayOperations
+    held = None
     if opts.overlay:
         from .overlay import Overlay, hold
         from .rwops import OverlayOperations
 
-        hold(opts.overlay)  # released when this process exits
+        held = hold(opts.overlay)  # DIR is this mount's until it ends
         ops = OverlayOperations(Overlay(tree, opts.overlay))
     else:
         ops = ReadOnlyOperations(tree)
-    # Read by the patched pyfuse3's INIT handler (level 8), which libfuse
-    # insists repeat the mount's max_read.
-    ops.imagefs_max_read = opts.max_read  # type: ignore[attr-defined]
+    ops.imagefs_max_read = opts.max_read
+    try:
+        _serve(pyfuse3, ops, mountpoint, opts, on_ready)
+    finally:
+        if held is not None:
+            os.close(held)
+
+
+def _serve(pyfuse3: Any, ops: ReadOnlyOperations | OverlayOperations, mountpoint: str, opts: MountOptions,
+           on_ready: Callable[[], None] | None) -> None:
     # From the moment the mount exists until the handlers are in place, a
     # signal would kill the daemon and leave the mount stale: hold them.
     held = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
@@ -209,6 +219,8 @@ def serve(tree: "ImageTree", mountpoint: str, opts: MountOptions, on_ready: Call
                 _serve_with_trio(pyfuse3, mountpoint, not opts.overlay, run)
         finally:
             pyfuse3.close(unmount=True)
+        if run.announcer is not None:
+            run.announcer.join(READY_TIMEOUT)  # its statfs ends with the mount, at the latest
         if not run.ready and not run.signalled:
             # The loop ended by itself: libfuse gave up during the kernel's INIT
             # handshake (its reason is on stderr, the daemon's log).
@@ -221,13 +233,20 @@ def serve(tree: "ImageTree", mountpoint: str, opts: MountOptions, on_ready: Call
 
 class _Run:
     """How a serving loop went: whether the mount became ready (``on_ready`` is
-    then called), a signal ended it, or the first request failed and why."""
+    then called), a signal ended it, or the first request failed and why.
+
+    The loop without trio announces readiness from a thread (``announcer``),
+    which must neither report "ready" nor end the loop once it has ended
+    (``ended``, under ``lock``), and is waited for before anyone asks."""
 
     def __init__(self, on_ready: Callable[[], None] | None) -> None:
         self.on_ready = on_ready
         self.ready = False
         self.signalled = False
         self.problem = ""
+        self.ended = False
+        self.lock = threading.Lock()
+        self.announcer: threading.Thread | None = None
 
     def became_ready(self) -> None:
         self.ready = True
@@ -241,9 +260,13 @@ def _stderr_captured() -> Iterator[list[str]]:
     the block runs.  Yields a list that holds the lines written once the block
     has ended; they are also passed on to the real stderr (the daemon's log)."""
     said: list[str] = []
+    try:
+        tmp = os.memfd_create("imagefs-stderr", os.MFD_CLOEXEC)
+    except OSError:  # no memfd (an old kernel, a seccomp filter): nothing caught, nothing lost
+        yield said
+        return
     sys.stderr.flush()
     saved = os.dup(2)
-    tmp = os.memfd_create("imagefs-stderr", os.MFD_CLOEXEC)
     os.dup2(tmp, 2)
     try:
         yield said
@@ -251,8 +274,9 @@ def _stderr_captured() -> Iterator[list[str]]:
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
-        data = os.pread(tmp, 1 << 16, 0)
-        os.close(tmp)
+        os.lseek(tmp, 0, os.SEEK_SET)  # fd 2 was a duplicate: it moved the shared offset
+        with os.fdopen(tmp, "rb") as f:
+            data = f.read()
         said.extend(line for line in data.decode(errors="replace").splitlines() if line.strip())
         if data:
             os.write(2, data)
@@ -270,14 +294,15 @@ def _serve_without_loop(pyfuse3: Any, mountpoint: str, run: _Run, unblocked: set
         try:
             go_live(mountpoint, widen_readahead=True)
         except OSError as e:
-            run.problem = e.strerror or str(e)
-            pyfuse3.imagefs_exit()
-            try:
-                os.write(wake_w, b"!")
-            except OSError:
-                pass  # the loop has ended (and closed it) already
+            with run.lock:
+                run.problem = e.strerror or str(e)
+                if not run.ended:  # else the session and the pipe may be gone already
+                    pyfuse3.imagefs_exit()
+                    os.write(wake_w, b"!")
             return
-        run.became_ready()
+        with run.lock:
+            if not run.ended:
+                run.became_ready()
 
     def on_signal(_sig: int, _frame: object) -> None:
         run.signalled = True
@@ -290,12 +315,17 @@ def _serve_without_loop(pyfuse3: Any, mountpoint: str, run: _Run, unblocked: set
         # the kernel's INIT; it keeps the signals blocked, so they interrupt
         # this one.  Handlers are in place before anyone hears "ready", and a
         # signal held since the mount was made is delivered now.
-        threading.Thread(target=announce, name="imagefs-announce", daemon=True).start()
+        run.announcer = threading.Thread(target=announce, name="imagefs-announce", daemon=True)
+        run.announcer.start()
         signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
-        if PATCH_LEVEL >= 5:
-            pyfuse3.imagefs_serve(wake_r, SPIN_US)
-        else:
-            pyfuse3.imagefs_serve(wake_r)
+        try:
+            if PATCH_LEVEL >= 5:
+                pyfuse3.imagefs_serve(wake_r, SPIN_US)
+            else:
+                pyfuse3.imagefs_serve(wake_r)
+        finally:
+            with run.lock:
+                run.ended = True
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -359,12 +389,13 @@ def go_live(mountpoint: str, widen_readahead: bool) -> None:
     128 KiB, which works, only slower.
     """
     os.statvfs(mountpoint)
+    entry = _mountinfo_entry(mountpoint)
+    if entry is None or not entry[1].startswith("fuse"):
+        # The statfs answered from the directory under a mount already gone.
+        raise OSError(errno.ENOTCONN, "the FUSE mount is gone")
     if not widen_readahead:
         return
-    dev = mount_device(mountpoint)
-    if dev is None:
-        return
-    knob = f"/sys/class/bdi/{dev}/read_ahead_kb"
+    knob = f"/sys/class/bdi/{entry[0]}/read_ahead_kb"
     try:
         with open(knob, "w") as f:
             f.write(str(READAHEAD_KIB))
@@ -385,20 +416,25 @@ def mount_type(mountpoint: str) -> str | None:
 
 
 def _mountinfo_entry(mountpoint: str) -> tuple[str, str] | None:
-    found = None
     # Compared as given: realpath would stat the mount root through FUSE and
     # leave its attributes cached (see is_stale); check_mountpoint resolved it.
-    want = os.fsencode(mountpoint)
     try:
         with open("/proc/self/mountinfo", "rb") as f:
-            for line in f:
-                fields = line.rstrip(b"\n").split(b" ")
-                if len(fields) > 4 and _unescape_mountinfo(fields[4]) == want and b"-" in fields[5:]:
-                    # optional fields, then "-", the type and the source
-                    fstype = fields[fields.index(b"-", 5) + 1]
-                    found = (fields[2].decode(), _unescape_mountinfo(fstype).decode(errors="replace"))
+            return _find_mount(f, os.fsencode(mountpoint))
     except OSError:
         return None
+
+
+def _find_mount(lines: Iterable[bytes], mountpoint: bytes) -> tuple[str, str] | None:
+    """``(major:minor, type)`` of the topmost (last) mount at ``mountpoint`` in
+    /proc/self/mountinfo's ``lines``, or None."""
+    found = None
+    for line in lines:
+        fields = line.rstrip(b"\n").split(b" ")
+        if len(fields) > 4 and _unescape_mountinfo(fields[4]) == mountpoint and b"-" in fields[6:]:
+            # the mount options, optional fields, then "-", the type and the source
+            fstype = fields[fields.index(b"-", 6) + 1]
+            found = (fields[2].decode(), _unescape_mountinfo(fstype).decode(errors="replace"))
     return found
 
 

@@ -47,6 +47,9 @@ class OverlayOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
     enable_acl = False
+    # The mount's -o max_read, which the patched pyfuse3's INIT handler (level 8)
+    # must repeat to libfuse; mount.serve sets it (0: none given).
+    imagefs_max_read = 0
 
     def __init__(self, overlay: Overlay) -> None:
         super().__init__()

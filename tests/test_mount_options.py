@@ -12,7 +12,7 @@ import pytest
 from conftest import PROJECT_ROOT
 from imagefs import fuseops
 from imagefs.errors import MountError
-from imagefs.mount import MountOptions, _stderr_captured, _unescape_mountinfo, fuse_options, split_o
+from imagefs.mount import MountOptions, _find_mount, _stderr_captured, _unescape_mountinfo, fuse_options, split_o
 
 
 DEFAULTS = ["fsname=imagefs", "subtype=imagefs", "ro", "nosuid", "nodev", "default_permissions"]
@@ -92,6 +92,21 @@ def test_stderr_of_c_code_is_caught_and_passed_on(capfd: pytest.CaptureFixture[s
     assert capfd.readouterr().err == "FUSE library version: 3.14.0\n\nfuse: unknown option(s): `-o bogus'\n"
     os.write(2, b"after\n")
     assert capfd.readouterr().err == "after\n"  # fd 2 is back
+
+
+def test_the_topmost_mount_and_its_type_from_mountinfo() -> None:
+    lines = [
+        b"22 1 0:21 / /proc rw,nosuid - proc proc rw\n",
+        b"40 22 0:45 / /mnt/my\\040img ro,nosuid,nodev shared:7 master:2 - fuse.imagefs imagefs ro\n",
+        b"41 40 0:46 / /mnt/x rw - tmpfs tmpfs rw\n",
+        b"42 41 0:47 / /mnt/x rw - fuse.zz src rw,user_id=0\n",  # mounted over the tmpfs
+        b"43 1 0:48 / /mnt/odd rw - weird\\040type src rw\n",
+    ]
+    assert _find_mount(lines, b"/mnt/my img") == ("0:45", "fuse.imagefs")  # escaped path, optional fields
+    assert _find_mount(lines, b"/mnt/x") == ("0:47", "fuse.zz")  # the last one is on top
+    assert _find_mount(lines, b"/mnt/odd") == ("0:48", "weird type")
+    assert _find_mount(lines, b"/mnt") is None
+    assert _find_mount([b"broken line\n", b"1 2 0:1 / /mnt/y rw\n"], b"/mnt/y") is None
 
 
 def test_mount_device_reads_escaped_mountinfo() -> None:
