@@ -23,6 +23,7 @@ from imagefs import BuildOptions, ImageFSError, ImageTree  # noqa: E402
 from imagefs import mount as mounting  # noqa: E402
 from imagefs.archive import Archive  # noqa: E402
 from imagefs.build import open_index  # noqa: E402
+from imagefs.errors import ImageSelectError  # noqa: E402
 from imagefs.manifest import read_images  # noqa: E402
 from imagefs.progress import TerminalProgress, human_size as _human  # noqa: E402
 
@@ -126,7 +127,7 @@ def main() -> None:
 @click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground until unmounted (Ctrl-C unmounts).")
 @click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
               help="FUSE/mount options, as for mount(8): allow_other, fsname=NAME, max_read=N, ... "
-                   "The mount is always ro,nosuid,nodev,default_permissions.")
+                   "The mount is always nosuid,nodev,default_permissions, and ro unless --overlay.")
 @click.option("--layer", type=int, default=None, metavar="N",
               help="Mount the image as it was after layer N (1 = base; negative counts from the top).")
 @click.option("--log-file", type=click.Path(dir_okay=False, resolve_path=True), default=None,
@@ -243,8 +244,10 @@ def index_cmd(archive: str, layer: int | None, image: str | None, cache_dir: str
     opts = BuildOptions(image=image, layer=layer, cache_dir=cache_dir, use_cache=not no_cache, verify=verify)
     index, tmp = open_index(archive, opts, _progress(quiet))
     try:
-        click.echo(f"{index.path}: {index.n_inodes} inodes, {index.meta['members']} members "
-                   f"in {len(index.meta['layers'])} layers")
+        n = len(index.meta["layers"])
+        where = "not kept (--no-cache)" if tmp is not None else index.path
+        click.echo(f"{archive}: {index.n_inodes} inodes, {index.meta['members']} members in {n} "
+                   f"layer{'s' if n != 1 else ''}; index {where}")
     finally:
         index.close()
         if tmp is not None:
@@ -267,7 +270,13 @@ def _open_side(spec: str, image: str | None, cache_dir: str | None, no_cache: bo
         except ValueError:
             pass
     opts = BuildOptions(image=image, layer=layer, cache_dir=cache_dir, use_cache=not no_cache)
-    index, tmp = open_index(path, opts, None)
+    try:
+        index, tmp = open_index(path, opts, None)
+    except ImageSelectError as e:
+        if layer is None:
+            raise
+        # The message names mount's --layer; here the layer came as ARCHIVE@N.
+        raise ImageSelectError(str(e).replace(f"--layer {layer} ", f"{spec}: layer {layer} ", 1)) from None
     if tmp is not None:
         os.unlink(tmp)
     return TreeSource(ImageTree(index))
@@ -281,7 +290,8 @@ def _open_side(spec: str, image: str | None, cache_dir: str | None, no_cache: bo
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per change, one per line.")
 @click.option("--stat", "as_stat", is_flag=True, help="Only a summary: counts and bytes added/removed.")
 @click.option("--all", "show_all", is_flag=True, help="List every path below an added or deleted directory.")
-@click.option("--mtime", is_flag=True, help="Also report changed modification times.")
+@click.option("--mtime", is_flag=True, help="Also report changed modification times (of files, links and "
+              "nodes: a directory's changes whenever anything in it does).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Where indexes are kept.")
 @click.option("--no-cache", is_flag=True, help="Neither use nor keep a persistent index.")
 @click.option("--debug", is_flag=True, help="Tracebacks on errors.")
@@ -308,6 +318,8 @@ def _diff(a: str, b: str, image_a: str | None, image_b: str | None, as_json: boo
     from imagefs.diff import DiffOptions, diff
 
     _setup_logging(debug)
+    if as_json and as_stat:
+        raise click.UsageError("--json and --stat are alternatives: one line per change, or a summary")
     side_a = _open_side(a, image_a, cache_dir, no_cache)
     side_b = _open_side(b, image_b or image_a, cache_dir, no_cache)
     counts = {"A": 0, "D": 0, "C": 0}

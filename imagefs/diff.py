@@ -250,7 +250,12 @@ def diff(a: Source, b: Source, opts: DiffOptions = DiffOptions()) -> Iterator[Ch
     """The changes from ``a`` to ``b`` in tree order: each directory's entries sorted by
     name bytes, a directory's changes right after its own line (as ``diff -r`` walks)."""
     shared = shared_layers(a, b)
-    yield from _diff_dir(a, a.root(), b, b.root(), b"", shared, opts)
+    ra, rb = a.root(), b.root()
+    ma, mb = a.meta(ra), b.meta(rb)
+    what = _compare(a, ra, ma, b, rb, mb, opts)  # "/" itself: its mode, owner, xattrs
+    if what:
+        yield Change("C", b"", ma, mb, what)
+    yield from _diff_dir(a, ra, b, rb, b"", shared, opts)
 
 
 def _diff_dir(a: Source, ha: object, b: Source, hb: object, path: bytes, shared: int,

@@ -247,6 +247,17 @@ def test_mtime_alone_is_no_difference(idiff: Differ, tmp_path: Path) -> None:
     assert (r.returncode, lines(r)) == (1, ["C /f  (mtime)"])
 
 
+def test_the_root_itself_is_compared(idiff: Differ, tmp_path: Path) -> None:
+    """A root made world-writable or given away is a change like any other."""
+    b.write_docker_archive(str(tmp_path / "x.tar"), [[b.file("f", b"1")]])
+    b.write_docker_archive(str(tmp_path / "y.tar"), [[b.file("f", b"1")],
+                                                      [b.dir(".", mode=0o777, uid=5, xattrs={"user.r": b"1"})]])
+    r = idiff(tmp_path / "x.tar", tmp_path / "y.tar")
+    assert (r.returncode, lines(r)) == (1, ["C /  (mode 0755 -> 0777, owner 0:0 -> 5:0, xattrs)"])
+    r = idiff("--json", "--stat", tmp_path / "x.tar", tmp_path / "y.tar")
+    assert r.returncode == 2 and "--json and --stat are alternatives" in r.stderr
+
+
 def test_output_is_sorted_by_path(idiff: Differ, tmp_path: Path) -> None:
     # names that sort differently as whole paths and component by component ('-' and '.' < '/')
     x = [b.dir("p"), b.file("p/z", b"1"), b.file("p-q", b"1"), b.file("p.r", b"1"), b.file("a", b"1"),
