@@ -409,12 +409,6 @@ def mount_device(mountpoint: str) -> str | None:
     return entry[0] if entry else None
 
 
-def mount_type(mountpoint: str) -> str | None:
-    """The file system type of the topmost mount at ``mountpoint`` (``fuse.imagefs``, ``tmpfs``, ...)."""
-    entry = _mountinfo_entry(mountpoint)
-    return entry[1] if entry else None
-
-
 def _mountinfo_entry(mountpoint: str) -> tuple[str, str] | None:
     # Compared as given: realpath would stat the mount root through FUSE and
     # leave its attributes cached (see is_stale); check_mountpoint resolved it.
@@ -625,9 +619,10 @@ def unmount(mountpoint: str, timeout: float = 10.0) -> None:
     """
     mp = os.path.realpath(mountpoint)
     stale = is_stale(mp)
-    if not stale and not os.path.ismount(mp):
+    entry = _mountinfo_entry(mp)  # not os.path.ismount: another user's FUSE mount refuses its stat
+    if not stale and entry is None:
         raise MountError(f"{mp} is not mounted")
-    fstype = mount_type(mp)
+    fstype = entry[1] if entry is not None else None
     if fstype is not None and fstype != "fuse" and not fstype.startswith("fuse."):
         # fusermount refuses these, but root's umount would not: a slip of the
         # keyboard must not take down a disk.
@@ -635,7 +630,7 @@ def unmount(mountpoint: str, timeout: float = 10.0) -> None:
     tool = _fusermount()
     cmds = []
     if tool:
-        cmds.append([tool, "-u", "-q", mp])
+        cmds.append([tool, "-u", mp])  # not -q: "busy" is in what it says
         if stale:
             cmds.append([tool, "-u", "-z", "-q", mp])
     if os.geteuid() == 0:

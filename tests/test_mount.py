@@ -688,6 +688,19 @@ def test_read_only_mount_reads_ahead_a_mebibyte(mounted: Mounter, rich_archive: 
         assert int(f.read()) == READAHEAD_KIB == 1024
 
 
+def test_umount_of_a_busy_mount_says_so(mounted: Mounter, rich_archive: Path) -> None:
+    m = mounted(rich_archive)
+    sleeper = subprocess.Popen(["sleep", "60"], cwd=m.mountpoint)
+    try:
+        r = mounted.run("umount", m.mountpoint)
+        assert "is busy (a process is using it)" in assert_one_line_error(r)
+        assert is_mounted(m.mountpoint)
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=TIMEOUT)
+    assert mounted.run("umount", m.mountpoint).returncode == 0
+
+
 def test_umount_leaves_other_file_systems_alone(mounted: Mounter, tmp_path: Path) -> None:
     """As root, umount(8) would remove anything: imagefs umount takes FUSE mounts only."""
     if os.geteuid() != 0:
