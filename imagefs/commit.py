@@ -14,6 +14,7 @@ import datetime
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import stat
@@ -29,6 +30,8 @@ from .manifest import Image, read_images, select_image
 from .overlay import BASE_FILE, TMP_PREFIX, hold, read_base
 
 __all__ = ["CommitOptions", "check_tag", "commit", "layer_from_dir"]
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 
@@ -64,8 +67,9 @@ def layer_from_dir(top: str, out: BinaryIO) -> None:
         for rel in _walk(top):
             full = os.path.join(top, rel)
             ti = tf.gettarinfo(full, arcname=rel)
-            if ti is None:
-                continue  # a socket: no layer format can hold one (Docker drops them too)
+            if ti is None:  # a socket: no layer format can hold one (Docker drops them too)
+                log.warning("%s is a socket, which a layer cannot hold: left out of the image", rel)
+                continue
             ti.uname = ti.gname = ""
             try:
                 names = os.listxattr(full, follow_symlinks=False)

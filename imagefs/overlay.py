@@ -26,6 +26,7 @@ import errno
 import fcntl
 import itertools
 import json
+import logging
 import os
 import shutil
 import stat
@@ -38,6 +39,8 @@ from .paths import OPAQUE, WHITEOUT_PREFIX
 from .tree import ImageTree, Stat
 
 __all__ = ["BASE_FILE", "Found", "Overlay", "Stat", "check_overlay_dir", "hold", "in_use", "read_base"]
+
+log = logging.getLogger(__name__)
 
 # Temporary names for copies being made: hidden by the ".wh..wh." rule (aufs
 # metadata is dropped by every image reader) should a crash leave one behind.
@@ -123,6 +126,11 @@ def check_overlay_dir(path: str, mountpoint: str, shared: bool = False) -> str:
         raise MountError(f"overlay directory {d} is a mount point of its own; use a directory inside it")
     if in_use(d):
         raise MountError(f"overlay directory {d} is in use by another mount")
+    if read_base(d) is None and any(not n.startswith(os.fsdecode(TMP_PREFIX)) for n in os.listdir(d)):
+        # An upper directory is taken as it is (kernel overlayfs does the same), but
+        # this one was not made by an imagefs mount: its files become the mount's.
+        log.warning("overlay directory %s already holds files, and no record of an imagefs mount: "
+                    "they show in the mount as changes to this image", d)
     if not os.access(d, os.W_OK | os.X_OK):
         raise MountError(f"overlay directory {d} is not writable")
     st = os.stat(d)

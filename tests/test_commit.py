@@ -390,6 +390,7 @@ def test_commit_with_a_socket_in_the_dir(base: Path, tmp_path: Path, imagefs_bin
     r = run_cli(imagefs_bin, "commit", scratch, "--archive", base, "-o", out)
     assert "Traceback" not in r.stderr
     assert r.returncode == 0, r.stderr
+    assert "etc/sock is a socket, which a layer cannot hold: left out of the image" in r.stderr
     tree = image_view(out, tmp_path)
     assert tree[b"etc/hostname"][4] == b"layer2\nx\n"
 

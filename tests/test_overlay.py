@@ -308,6 +308,17 @@ def test_rename_over_an_empty_directory_with_a_name_too_long_for_a_whiteout(env:
     assert env.names(long) == ["f"] and not env.exists("d1")
 
 
+def test_a_dir_with_files_but_no_record_is_taken_with_a_warning(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    d = tmp_path / "upper"
+    d.mkdir()
+    check_overlay_dir(str(d), str(tmp_path / "mnt"))
+    assert not caplog.records  # empty: nothing to say
+    (d / "stuff").write_bytes(b"junk")
+    check_overlay_dir(str(d), str(tmp_path / "mnt"))
+    assert "already holds files, and no record of an imagefs mount" in caplog.text
+
+
 def test_dir_is_refused_over_another_layer_or_image(tmp_path: Path) -> None:
     """DIR's changes mean the same only over the tree they were made over."""
     env = Env(tmp_path)
