@@ -27,7 +27,7 @@ from . import blobs
 from .archive import Archive
 from .errors import ImageFSError, IntegrityError, MountError
 from .manifest import Image, read_images, select_image
-from .overlay import BASE_FILE, TMP_PREFIX, hold, read_base
+from .overlay import BASE_FILE, OWNER_XATTR, TMP_PREFIX, hold, read_base, recorded_owner
 
 __all__ = ["CommitOptions", "check_tag", "commit", "layer_from_dir"]
 
@@ -71,12 +71,17 @@ def layer_from_dir(top: str, out: BinaryIO) -> None:
                 log.warning("%s is a socket, which a layer cannot hold: left out of the image", rel)
                 continue
             ti.uname = ti.gname = ""
+            owner = recorded_owner(os.fsencode(full))  # a copy a user who is not root made
+            if owner is not None:
+                ti.uid, ti.gid = owner
             try:
                 names = os.listxattr(full, follow_symlinks=False)
             except OSError:
                 names = []
             pax = {}
             for n in names:
+                if n == OWNER_XATTR:
+                    continue
                 value = os.getxattr(full, n, follow_symlinks=False)
                 pax["SCHILY.xattr." + n] = value.decode("utf-8", "surrogateescape")
             if pax:

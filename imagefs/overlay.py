@@ -38,9 +38,35 @@ from .index import ROOT_INO
 from .paths import OPAQUE, WHITEOUT_PREFIX
 from .tree import ImageTree, Stat
 
-__all__ = ["BASE_FILE", "Found", "Overlay", "Stat", "check_overlay_dir", "hold", "in_use", "read_base"]
+__all__ = ["BASE_FILE", "OWNER_XATTR", "Found", "Overlay", "Stat", "check_overlay_dir", "hold", "in_use", "read_base",
+           "recorded_owner"]
 
 log = logging.getLogger(__name__)
+
+# The image's owner of a copy in DIR that could not be given it: a user who is
+# not root copies root's files up as their own (chown fails) and keeps the
+# owner here, for the mount to show and commit to write.
+OWNER_XATTR = "user.imagefs.owner"
+
+
+def recorded_owner(target: bytes | int) -> tuple[int, int] | None:
+    """The owner `OWNER_XATTR` keeps for a path or open descriptor in DIR, if any."""
+    try:
+        if isinstance(target, int):
+            raw = os.getxattr(target, OWNER_XATTR)
+        else:
+            raw = os.getxattr(target, OWNER_XATTR, follow_symlinks=False)
+        uid, gid = raw.split(b":")
+        return int(uid), int(gid)
+    except (OSError, ValueError):
+        return None
+
+
+def stat_of(st: os.stat_result, owner: tuple[int, int] | None) -> Stat:
+    """The Stat of a file in DIR, with the owner it was recorded to have."""
+    uid, gid = owner if owner is not None else (st.st_uid, st.st_gid)
+    return Stat(st.st_mode, uid, gid, st.st_nlink, st.st_size, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns,
+                st.st_rdev, st.st_blocks)
 
 # Temporary names for copies being made: hidden by the ".wh..wh." rule (aufs
 # metadata is dropped by every image reader) should a crash leave one behind.
@@ -178,6 +204,7 @@ class Overlay:
 
     def __init__(self, lower: ImageTree, upper_dir: str) -> None:
         self.lower = lower
+        self.rootless = os.geteuid() != 0  # copies may then keep their owner in OWNER_XATTR
         self.top = os.fsencode(os.path.abspath(upper_dir))
         self._clean_temporaries()
         self._claim_base()
@@ -283,10 +310,13 @@ class Overlay:
             return self.lower.stat(ROOT_INO)._replace(
                 nlink=st.st_nlink, mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
         if f.upper:
-            st = os.lstat(self.up(f.path))
-            return Stat(st.st_mode, st.st_uid, st.st_gid, st.st_nlink, st.st_size, st.st_atime_ns,
-                        st.st_mtime_ns, st.st_ctime_ns, st.st_rdev, st.st_blocks)
+            p = self.up(f.path)
+            return stat_of(os.lstat(p), recorded_owner(p) if self.rootless else None)
         return self.lower.stat(f.lower)
+
+    def stat_fd(self, fd: int) -> Stat:
+        """The Stat of an open file in DIR (also once its last name is gone)."""
+        return stat_of(os.fstat(fd), recorded_owner(fd) if self.rootless else None)
 
     def listdir(self, d: Found) -> Iterator[tuple[bytes, Found]]:
         """The visible entries of directory ``d`` (merged, whiteouts applied)."""
@@ -322,7 +352,8 @@ class Overlay:
         p = self.up(f.path)
         out = {}
         for name in os.listxattr(p, follow_symlinks=False):
-            out[os.fsencode(name)] = os.getxattr(p, name, follow_symlinks=False)
+            if name != OWNER_XATTR:
+                out[os.fsencode(name)] = os.getxattr(p, name, follow_symlinks=False)
         return out
 
     def read_lower(self, f: Found, offset: int, size: int) -> bytes:
@@ -407,9 +438,16 @@ class Overlay:
                 elif stat.S_ISDIR(self.lower.attr(child).mode):
                     stack.append((child, path))
 
-    @staticmethod
-    def _set_attrs(path: bytes, mode: int, uid: int, gid: int, mtime_ns: int, xattrs: dict[bytes, bytes]) -> None:
-        os.chown(path, uid, gid, follow_symlinks=False)
+    def _set_attrs(self, path: bytes, mode: int, uid: int, gid: int, mtime_ns: int,
+                   xattrs: dict[bytes, bytes]) -> None:
+        try:
+            os.chown(path, uid, gid, follow_symlinks=False)
+        except PermissionError:
+            if not self.rootless:
+                raise
+            # Not root: the copy stays the user's, and remembers whose it is.  (A
+            # symlink takes no user xattr: that copy-up fails as before, EPERM.)
+            os.setxattr(path, OWNER_XATTR, b"%d:%d" % (uid, gid), follow_symlinks=False)
         if not stat.S_ISLNK(mode):
             os.chmod(path, stat.S_IMODE(mode))
         for k, v in xattrs.items():
@@ -617,11 +655,15 @@ class Overlay:
         return f
 
     def setxattr(self, f: Found, name: bytes, value: bytes) -> Found:
+        if name == os.fsencode(OWNER_XATTR):
+            raise OSError(errno.EPERM, f"{OWNER_XATTR} is imagefs' own")
         f = self.copy_up(f)
         os.setxattr(self.up(f.path), name, value, follow_symlinks=False)
         return f
 
     def removexattr(self, f: Found, name: bytes) -> Found:
+        if name == os.fsencode(OWNER_XATTR):
+            raise OSError(errno.EPERM, f"{OWNER_XATTR} is imagefs' own")
         f = self.copy_up(f)
         os.removexattr(self.up(f.path), name, follow_symlinks=False)
         return f

@@ -172,10 +172,7 @@ class OverlayOperations(pyfuse3.Operations):
         for h in self.handles.values():
             if h.ino == inode and h.fd >= 0:
                 # An open file answers for itself, also once its last name is gone.
-                st = os.fstat(h.fd)
-                return self._entry(inode, Stat(st.st_mode, st.st_uid, st.st_gid, st.st_nlink, st.st_size,
-                                               st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns, st.st_rdev,
-                                               st.st_blocks))
+                return self._entry(inode, self.ov.stat_fd(h.fd))
         f = self._found(inode)
         return self._entry(inode, self.ov.stat(f))
 

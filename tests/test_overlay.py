@@ -9,9 +9,11 @@ the scratch directory itself, which must be a plain OCI layer changeset
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import stat
+import tarfile
 from pathlib import Path
 from typing import Iterator
 
@@ -317,6 +319,36 @@ def test_a_dir_with_files_but_no_record_is_taken_with_a_warning(tmp_path: Path,
     (d / "stuff").write_bytes(b"junk")
     check_overlay_dir(str(d), str(tmp_path / "mnt"))
     assert "already holds files, and no record of an imagefs mount" in caplog.text
+
+
+def test_a_user_who_is_not_root_copies_up_and_the_image_owner_stays(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not root, chown to root fails: the copy stays the user's file, the mount still
+    shows root's, and commit writes root's."""
+    from imagefs.commit import layer_from_dir
+    from imagefs.overlay import OWNER_XATTR
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+
+    def no_chown(*_a: object, **_kw: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chown", no_chown)
+    env = Env(tmp_path, [[b.dir("etc", uid=0, gid=0), b.file("etc/conf", b"k=1\n", uid=0, gid=42, mode=0o640)]])
+    try:
+        env.write("etc/conf", b"k=2\n", offset=0)
+        f = env.f("etc/conf")
+        assert f.upper and (env.ov.stat(f).uid, env.ov.stat(f).gid) == (0, 42)
+        assert (env.ov.stat(env.f("etc")).uid, env.ov.stat(env.f("etc")).gid) == (0, 0)
+        assert os.fsencode(OWNER_XATTR) not in env.ov.xattrs(f)
+        assert errno_of(env.ov.setxattr, f, os.fsencode(OWNER_XATTR), b"0:0") == errno.EPERM
+        buf = io.BytesIO()
+        layer_from_dir(str(env.scratch), buf)
+        with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tf:
+            conf = tf.getmember("etc/conf")
+            assert (conf.uid, conf.gid) == (0, 42) and not any(OWNER_XATTR in k for k in conf.pax_headers)
+    finally:
+        env.close()
 
 
 def test_dir_is_refused_over_another_layer_or_image(tmp_path: Path) -> None:
