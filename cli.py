@@ -203,7 +203,8 @@ def umount(mountpoint: str, debug: bool) -> None:
 @click.option("--debug", is_flag=True, help="Tracebacks on errors.")
 @_errors_to_exit
 def images(archive: str, as_json: bool, debug: bool) -> None:
-    """List the images in ARCHIVE: index, id, tags, layer count and sizes."""
+    """List the images in ARCHIVE: index, id, layer count, size as stored (compressed layers count
+    compressed), tags, and the platform where the archive names one."""
     _setup_logging(debug)
     arc = Archive(archive)
     try:
