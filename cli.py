@@ -272,7 +272,7 @@ def _open_side(spec: str, image: str | None, cache_dir: str | None, no_cache: bo
             pass
     opts = BuildOptions(image=image, layer=layer, cache_dir=cache_dir, use_cache=not no_cache)
     try:
-        index, tmp = open_index(path, opts, None)
+        index, tmp = open_index(path, opts, _progress(False))  # a first diff of a big image indexes it
     except ImageSelectError as e:
         if layer is None:
             raise
