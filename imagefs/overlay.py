@@ -9,6 +9,12 @@ database beside it:
 * ``.wh..wh..opq`` in a directory hides everything the image has below it
   (a directory that replaced an image directory or an image non-directory).
 
+Two things beside the changeset, both out of it: ``.wh..wh..imagefs-base``
+at DIR's top records the image and layers DIR was made over (`BASE_FILE`),
+and a copy made by a user who is not root keeps the image's owner in its
+``user.imagefs.owner`` xattr (`OWNER_XATTR`), since it cannot be chowned.
+``imagefs commit`` turns DIR into a layer with both applied.
+
 Lookups walk the merged view one component at a time (`step`), consulting
 DIR first; names starting with ``.wh.`` are never visible and cannot be
 created.  Changes are ordered so that a crash at any point leaves DIR showing
