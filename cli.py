@@ -227,7 +227,7 @@ def images(archive: str, as_json: bool, debug: bool) -> None:
     width = max((len(row["platform"] or "") for row in rows), default=0)
     platform = (lambda row: f"{row['platform'] or '-':<{width}}  ") if width else (lambda row: "")
     click.echo(f"{'#':>3}  {'ID':<12}  {'LAYERS':>6}  {'SIZE':>10}  "
-               f"{platform({'platform': 'PLATFORM'}) if width else ''}TAGS")
+               f"{platform({'platform': 'PLATFORM'})}TAGS")
     for row in rows:
         click.echo(f"{row['index']:>3}  {row['id'].removeprefix('sha256:')[:12]:<12}  {row['layers']:>6}  "
                    f"{_human(row['size']):>10}  {platform(row)}{', '.join(row['tags']) or '<none>'}")

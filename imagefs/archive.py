@@ -8,7 +8,6 @@ are followed.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import stat
 from typing import Callable
@@ -68,12 +67,7 @@ class Archive:
             if on_progress is not None:
                 on_progress(offset, count)
 
-        checked: contextlib.AbstractContextManager[Blob] = contextlib.nullcontext(self.blob)
-        if self.compression == "gzip":
-            from .gzipblob import crc_checked
-
-            checked = crc_checked(self.file, self.blob, path)  # indexed_gzip checks no CRC
-        with checked as reader:
+        with blobs.crc_checked_if(self.compression, self.file, self.blob, path) as reader:  # see build
             try:
                 for m in scan(reader, reader.length, lambda msg: log.warning("%s: %s", path, msg), progress):
                     self.members[m.path] = m

@@ -8,6 +8,7 @@ one blob at once.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -21,7 +22,9 @@ __all__ = [
     "BlobFile",
     "FileBlob",
     "Span",
+    "crc_checked_if",
     "open_stream",
+    "shareable",
     "sniff",
 ]
 
@@ -120,6 +123,17 @@ def open_stream(raw: Blob, compression: str, what: str, state: str | None = None
 
         return ZstdBlob(raw, what, state)
     raise ArchiveError(f"{what}: unknown compression {compression}")
+
+
+def crc_checked_if(compression: str, raw: Blob, stream: Blob, what: str) -> contextlib.AbstractContextManager[Blob]:
+    """`gzipblob.crc_checked` for a gzip ``raw``: a context whose reader scans
+    ``stream`` while the gzip CRCs are checked; for other compressions just
+    ``stream`` (zstd frames check themselves, plain bytes have nothing to check)."""
+    if compression != "gzip":
+        return contextlib.nullcontext(stream)
+    from .gzipblob import crc_checked  # imports indexed_gzip (50 ms)
+
+    return crc_checked(raw, stream, what)
 
 
 class BlobFile(io.RawIOBase):

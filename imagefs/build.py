@@ -141,7 +141,7 @@ class _Builder:
                 key = LayerCache.key(ref.diff_id, stream) if ref.diff_id else LayerCache.key(ref.digest, span)
             except OSError as e:
                 raise ArchiveError(f"{what}: {e.strerror or e}") from None
-        verified = self.opts.verify and _verify(ref, span, stream, what, blobs.sniff(span),
+        verified = self.opts.verify and _verify(ref, span, stream, what, compression,
                                                 lambda pos: self._report(min(pos, span.length or 0)))
         if key and self.layer_cache:
             cached = self.layer_cache.load(key)
@@ -164,14 +164,9 @@ class _Builder:
             pos = getattr(stream, "raw_position", offset)
             self._report(min(pos, span.length or 0), count)
 
-        checked: contextlib.AbstractContextManager[Blob] = contextlib.nullcontext(stream)
-        if compression == "gzip" and not verified:  # --verify hashed every byte
-            from .gzipblob import crc_checked  # imports indexed_gzip (50 ms)
-
-            # indexed_gzip checks no CRC: zlib does, beside the scan, on the other core
-            # (after it, if the layer sits in a compressed archive that one reader decodes).
-            checked = crc_checked(span, stream, what, parallel=blobs.shareable(span))
-        with checked as reader:
+        # indexed_gzip checks no CRC: zlib does, beside the scan (unless --verify
+        # hashed every byte already).
+        with blobs.crc_checked_if("none" if verified else compression, span, stream, what) as reader:
             try:
                 found = list(scan(reader, reader.length, warn, report))
             except (ArchiveError, OSError) as e:

@@ -71,13 +71,14 @@ def layer_from_dir(top: str, out: BinaryIO) -> None:
                 log.warning("%s is a socket, which a layer cannot hold: left out of the image", rel)
                 continue
             ti.uname = ti.gname = ""
-            owner = recorded_owner(os.fsencode(full))  # a copy a user who is not root made
-            if owner is not None:
-                ti.uid, ti.gid = owner
             try:
                 names = os.listxattr(full, follow_symlinks=False)
             except OSError:
                 names = []
+            if OWNER_XATTR in names:  # a copy a user who is not root made
+                owner = recorded_owner(os.fsencode(full))
+                if owner is not None:
+                    ti.uid, ti.gid = owner
             pax = {}
             for n in names:
                 if n == OWNER_XATTR:

@@ -25,13 +25,13 @@ import contextlib
 import errno
 import logging
 import os
+import threading
 import zlib
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import indexed_gzip
 
-from .blobs import Blob, BlobFile
-from .beside import beside
+from .blobs import GZIP_MAGIC, Blob, BlobFile, shareable
 from .errors import ArchiveError, TarFormatError
 
 __all__ = ["GzipBlob", "check_gzip", "crc_checked"]
@@ -175,10 +175,57 @@ class GzipBlob:
             raise ArchiveError(str(e)) from None
 
 
-_MAGIC = b"\x1f\x8b"
 # How far past the scan's last read `check_gzip` goes before it gives up:
 # writers pad a tar to 10 KiB records, a bomb pads it with gigabytes.
 _PAST_SCAN = 1 << 20
+
+
+class _Check:
+    """``fn(*args, stop=...)`` run in a thread beside the caller, or deferred to
+    `result` where two threads must not read the same stream (``parallel``
+    False).  ``stop(done)`` is true once cancelled, or once ``done`` (how far
+    ``fn`` has come) passes the limit given to `result`.  zlib releases the GIL
+    while it inflates, so on a second core the check costs no wall time."""
+
+    def __init__(self, fn: Callable[..., None], args: tuple[Any, ...], parallel: bool) -> None:
+        self._fn, self._args = fn, args
+        self._stop = False
+        self._limit: int | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if parallel:
+            self._thread = threading.Thread(target=self._run, name="imagefs-check", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._fn(*self._args, stop=self._stopped)
+        except BaseException as e:  # handed to the caller by result()
+            self._error = e
+
+    def _stopped(self, done: int) -> bool:
+        return self._stop or (self._limit is not None and done > self._limit)
+
+    def result(self, limit: int | None = None) -> None:
+        """Wait for the check to end, or to pass ``limit`` (run it now, if
+        deferred), and raise what it raised."""
+        self._limit = limit
+        if self._thread is None:
+            self._run()
+        else:
+            try:
+                self._thread.join()
+            except BaseException:  # Ctrl-C while waiting: the check must not outlive its caller
+                self.cancel()
+                raise
+        if self._error is not None:
+            raise self._error
+
+    def cancel(self) -> None:
+        """Stop the check and wait for it (the work it checks failed or was interrupted)."""
+        self._stop = True
+        if self._thread is not None:
+            self._thread.join()
 
 
 class _Furthest:
@@ -201,18 +248,19 @@ class _Furthest:
 
 
 @contextlib.contextmanager
-def crc_checked(raw: Blob, stream: Blob, what: str, parallel: bool = True) -> Iterator[Blob]:
+def crc_checked(raw: Blob, stream: Blob, what: str) -> Iterator[Blob]:
     """Check the CRC-32s of the gzip stream ``raw`` (`check_gzip`) while the
     block scans its uncompressed ``stream`` through the reader this yields.
 
     The check runs in a thread beside the block, or after it where two
-    threads must not read ``raw`` at once (``parallel=False``).  It goes no
+    threads must not read ``raw`` at once (a span of a decompressed archive,
+    see `blobs.shareable`).  It goes no
     further than a little past the block's last read: nothing beyond is ever
     served.  Corrupt data raises ArchiveError, also in place of an error of
     the block's own, which it explains better (a broken tar).
     """
     reader = _Furthest(stream)
-    check = beside(check_gzip, raw, what, parallel=parallel)
+    check = _Check(check_gzip, (raw, what), parallel=shareable(raw))
     try:
         yield reader
     except (ArchiveError, TarFormatError, OSError):
@@ -260,12 +308,12 @@ def check_gzip(raw: Blob, what: str, stop: Callable[[int], bool] = lambda _done:
         if not inflate.eof:
             continue
         data = inflate.unused_data + data
-        while len(data) < len(_MAGIC):
+        while len(data) < len(GZIP_MAGIC):
             more = read(pos)
             if not more:
                 break
             pos += len(more)
             data += more
-        if not data.startswith(_MAGIC):
+        if not data.startswith(GZIP_MAGIC):
             return  # the end, or padding after it
         inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)

@@ -159,8 +159,9 @@ def usable_cpus() -> float:
 # sleeps, within a burst of requests (pyfuse3 patch level 5+): `find` and
 # `grep -r` send one a few dozen us after each reply, and waking a sleeping
 # daemon on another CPU costs more than that (first `find` over 300k files:
-# 12 s -> 9 s).  Spinning only pays where the requester runs on another CPU.
-SPIN_US = 300 if usable_cpus() >= 2 else 0
+# 12 s -> 9 s).  Spinning only pays where the requester runs on another CPU
+# (`usable_cpus`, asked when a loop starts, not at every import of this module).
+SPIN_US = 300
 
 
 def serve(tree: "ImageTree", mountpoint: str, opts: MountOptions, on_ready: Callable[[], None] | None = None) -> None:
@@ -320,7 +321,7 @@ def _serve_without_loop(pyfuse3: Any, mountpoint: str, run: _Run, unblocked: set
         signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
         try:
             if PATCH_LEVEL >= 5:
-                pyfuse3.imagefs_serve(wake_r, SPIN_US)
+                pyfuse3.imagefs_serve(wake_r, SPIN_US if usable_cpus() >= 2 else 0)
             else:
                 pyfuse3.imagefs_serve(wake_r)
         finally:
@@ -390,7 +391,7 @@ def go_live(mountpoint: str, widen_readahead: bool) -> None:
     """
     os.statvfs(mountpoint)
     entry = _mountinfo_entry(mountpoint)
-    if entry is None or not entry[1].startswith("fuse"):
+    if entry is None or not _is_fuse(entry[1]):
         # The statfs answered from the directory under a mount already gone.
         raise OSError(errno.ENOTCONN, "the FUSE mount is gone")
     if not widen_readahead:
@@ -403,10 +404,9 @@ def go_live(mountpoint: str, widen_readahead: bool) -> None:
         log.debug("cannot widen readahead (%s): %s", knob, e.strerror)
 
 
-def mount_device(mountpoint: str) -> str | None:
-    """``major:minor`` of the topmost mount at ``mountpoint`` (a resolved path), from /proc/self/mountinfo."""
-    entry = _mountinfo_entry(mountpoint)
-    return entry[0] if entry else None
+def _is_fuse(fstype: str) -> bool:
+    """Whether a mountinfo type is a FUSE mount's (``fuse``, ``fuse.SUBTYPE``)."""
+    return fstype == "fuse" or fstype.startswith("fuse.")
 
 
 def _mountinfo_entry(mountpoint: str) -> tuple[str, str] | None:
@@ -521,7 +521,7 @@ def spawn_daemon(request: dict[str, object], mountpoint: str, log_file: str | No
 
 def _clear(mountpoint: str) -> None:
     """Leave nothing mounted after a failed start, whatever state the daemon left."""
-    if os.path.ismount(mountpoint) or is_stale(mountpoint):
+    if _mountinfo_entry(mountpoint) is not None:  # also one whose daemon died, or another user's
         try:
             unmount(mountpoint)
         except MountError as e:
@@ -623,7 +623,7 @@ def unmount(mountpoint: str, timeout: float = 10.0) -> None:
     if not stale and entry is None:
         raise MountError(f"{mp} is not mounted")
     fstype = entry[1] if entry is not None else None
-    if fstype is not None and fstype != "fuse" and not fstype.startswith("fuse."):
+    if fstype is not None and not _is_fuse(fstype):
         # fusermount refuses these, but root's umount would not: a slip of the
         # keyboard must not take down a disk.
         raise MountError(f"{mp} is a {fstype} mount, not an imagefs one: use umount(8)")
@@ -649,5 +649,5 @@ def unmount(mountpoint: str, timeout: float = 10.0) -> None:
             raise MountError(f"{mp} is busy (a process is using it); close it and retry")
         raise MountError(f"cannot unmount {mp}: {last or 'no fusermount3 or umount available'}")
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and (os.path.ismount(mp) or is_stale(mp)):
+    while time.monotonic() < deadline and _mountinfo_entry(mp) is not None:
         time.sleep(0.05)

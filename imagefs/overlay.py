@@ -193,16 +193,12 @@ def hold(upper_dir: str) -> int:
 def in_use(upper_dir: str) -> bool:
     """Whether a mount holds DIR (see `hold`)."""
     try:
-        fd = os.open(upper_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
+        os.close(hold(upper_dir))
+    except MountError:
         return True
-    finally:
-        os.close(fd)
+    except OSError:
+        return False  # no such directory: nobody holds it
+    return False
 
 
 class Overlay:

@@ -232,6 +232,13 @@ def force_unmount(mountpoint: str | os.PathLike[str], cli: Sequence[str], aliase
 # -- the CLI -------------------------------------------------------------------
 
 
+def cli_after(prelude: str) -> list[str]:
+    """The CLI of this checkout, run after the Python statements ``prelude`` (which
+    may replace a piece of imagefs or pyfuse3 to reach a path CI cannot otherwise)."""
+    run = "import runpy, sys; sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name='__main__')"
+    return [sys.executable, "-c", f"{prelude}\n{run}", str(PROJECT_ROOT / "cli.py")]
+
+
 @pytest.fixture(scope="session")
 def imagefs_bin() -> list[str]:
     """The command that runs the imagefs CLI of this checkout (a list, for subprocess)."""

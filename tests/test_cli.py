@@ -11,7 +11,6 @@ import ctypes
 import json
 import os
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 from typing import Callable
@@ -21,7 +20,7 @@ from click.testing import CliRunner, Result
 
 import builder as b
 import cli
-from conftest import Mounter, assert_one_line_error, run_cli
+from conftest import Mounter, assert_one_line_error, cli_after, run_cli
 
 GOOD_LAYERS = [[b.dir("etc"), b.file("etc/hello", b"hello\n"), b.file("etc/blob", bytes(range(256)) * 64)]]
 
@@ -226,9 +225,7 @@ def test_a_failed_fuse_handshake_is_an_error(mounted: Mounter, tmp_path: Path, f
     Made to happen here by keeping max_read from reaching pyfuse3's INIT."""
     archive = _good(tmp_path / "good.tar")
     mp = mounted.new_mountpoint()
-    code = ("import runpy, sys, imagefs.mount as m; m.MountOptions.max_read = property(lambda self: 0); "
-            "sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name='__main__')")
-    mounted.cli = [sys.executable, "-c", code, str(Path(cli.__file__))]
+    mounted.cli = cli_after("import imagefs.mount as m; m.MountOptions.max_read = property(lambda self: 0)")
     args = ["mount", "--cache-dir", tmp_path / "cache", "-o", "max_read=65536", archive, mp]
     r = mounted.run(*args[:1], *(["-f"] if foreground else []), *args[1:], mountpoint=mp)
     if foreground:  # libfuse's own reason reaches the terminal first

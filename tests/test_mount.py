@@ -14,7 +14,6 @@ import random
 import signal
 import stat
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import builder as b
-from conftest import (PROJECT_ROOT, TIMEOUT, Mounter, assert_one_line_error, is_mounted, mount_entry, process_alive,
+from conftest import (TIMEOUT, Mounter, assert_one_line_error, cli_after, is_mounted, mount_entry, process_alive,
                       processes_for, run_cli, wait_until)
 
 pytestmark = pytest.mark.fuse
@@ -404,9 +403,7 @@ def test_max_read_option(mounted: Mounter, rich_archive: Path, tmp_path: Path, o
 def test_read_only_mount_served_by_trio(mounted: Mounter, rich_archive: Path) -> None:
     """The trio loop serves read-only mounts where pyfuse3 lacks imagefs_serve
     (stock pyfuse3); CI has the patched one, so take it away here."""
-    code = ("import runpy, sys, pyfuse3; del pyfuse3.imagefs_serve; sys.argv.pop(0); "
-            "runpy.run_path(sys.argv[0], run_name='__main__')")
-    mounted.cli = [sys.executable, "-c", code, str(PROJECT_ROOT / "cli.py")]
+    mounted.cli = cli_after("import pyfuse3; del pyfuse3.imagefs_serve")
     m = mounted(rich_archive)
     assert (m.mountpoint / "data/big").read_bytes() == BIG
     assert sorted(os.listdir(m.mountpoint / "usr/bin")) == ["all", "none", "su", "wall"]
@@ -677,12 +674,13 @@ def test_read_only_mount_reads_ahead_a_mebibyte(mounted: Mounter, rich_archive: 
     """The kernel gives a FUSE mount 128 KiB of readahead; imagefs widens its
     own mount's to what one request carries (1 MiB), so a big file costs 8x
     fewer round trips.  The knob is root's; others keep 128 KiB."""
-    from imagefs.mount import READAHEAD_KIB, mount_device
+    from imagefs.mount import READAHEAD_KIB, _mountinfo_entry
 
     if os.geteuid() != 0:
         pytest.skip("widening a mount's readahead needs root")
     m = mounted(rich_archive)
-    dev = mount_device(str(m.mountpoint))
+    entry = _mountinfo_entry(str(m.mountpoint))
+    dev = entry[0] if entry is not None else None
     assert dev is not None and dev.startswith("0:")
     with open(f"/sys/class/bdi/{dev}/read_ahead_kb") as f:
         assert int(f.read()) == READAHEAD_KIB == 1024

@@ -914,11 +914,18 @@ def test_leftover_temporaries_are_ignored_and_cleaned(env: Env) -> None:
 
 
 def _crash_after(monkeypatch: pytest.MonkeyPatch, name: str, target: str) -> None:
-    """Make ``os.NAME`` raise SystemExit (a simulated crash) when its last argument ends with ``target``."""
+    """Make ``os.NAME`` raise SystemExit (a simulated crash) when its last argument ends with
+    ``target``, or, for ``PREFIX*``, when that argument's last component starts with PREFIX."""
     real = getattr(os, name)
 
+    def hit(arg: object) -> bool:
+        path = os.fsencode(arg)  # type: ignore[call-overload]
+        if target.endswith("*"):
+            return os.path.basename(path).startswith(target[:-1].encode())
+        return path.endswith(target.encode())
+
     def crashing(*a, **kw):
-        if os.fsencode(a[-1]).endswith(target.encode()):
+        if hit(a[-1]):
             raise SystemExit("simulated crash")
         return real(*a, **kw)
 
@@ -1022,17 +1029,7 @@ def test_crash_during_rename_over_an_emptied_directory_keeps_deletions(env: Env,
     env.unlink("usr/share/doc/a/README")
     env.mkdir("d1")
     env.create("d1/new", b"n")
-    if suffix.endswith("*"):
-        real = os.rmdir
-
-        def crashing(path: object, *a: object, **kw: object) -> None:
-            if os.path.basename(os.fsdecode(path)).startswith(suffix[:-1]):
-                raise SystemExit("simulated crash")
-            real(path, *a, **kw)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(os, "rmdir", crashing)
-    else:
-        _crash_after(monkeypatch, call, suffix)
+    _crash_after(monkeypatch, call, suffix)
     with pytest.raises(SystemExit):
         env.rename("d1", "usr/share/doc/a")
     monkeypatch.undo()
