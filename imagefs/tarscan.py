@@ -475,6 +475,11 @@ def scan(
             )
         if size >= 1 << 63:
             raise TarFormatError(f"corrupt tar header at byte {member_at}: size {size} is impossible")
+        if next_pos >= 1 << 63:
+            # A sparse member's real size can be small while the data it claims to store
+            # runs past any file offset; the next header would be read from there.
+            raise TarFormatError(f"corrupt tar header at byte {member_at}: its data would end past "
+                                 "the largest file offset")
         pos = next_pos
         if kind is None:
             warn(f"tar member {_show(name)} has unsupported type {typeflag!r}; skipped")
