@@ -23,7 +23,7 @@ from imagefs import BuildOptions, ImageFSError, ImageTree  # noqa: E402
 from imagefs import mount as mounting  # noqa: E402
 from imagefs.archive import Archive  # noqa: E402
 from imagefs.build import open_index  # noqa: E402
-from imagefs.errors import ImageSelectError  # noqa: E402
+from imagefs.errors import LayerOutOfRange  # noqa: E402
 from imagefs.manifest import read_images  # noqa: E402
 from imagefs.progress import TerminalProgress, human_size as _human  # noqa: E402
 
@@ -273,11 +273,8 @@ def _open_side(spec: str, image: str | None, cache_dir: str | None, no_cache: bo
     opts = BuildOptions(image=image, layer=layer, cache_dir=cache_dir, use_cache=not no_cache)
     try:
         index, tmp = open_index(path, opts, _progress(False))  # a first diff of a big image indexes it
-    except ImageSelectError as e:
-        if layer is None:
-            raise
-        # The message names mount's --layer; here the layer came as ARCHIVE@N.
-        raise ImageSelectError(str(e).replace(f"--layer {layer} ", f"{spec}: layer {layer} ", 1)) from None
+    except LayerOutOfRange as e:
+        raise LayerOutOfRange(e.layer, e.count, f"{spec}: layer {layer}") from None
     if tmp is not None:
         os.unlink(tmp)
     return TreeSource(ImageTree(index))

@@ -8,6 +8,7 @@ from .errors import (
     ImageSelectError,
     IndexCacheError,
     IntegrityError,
+    LayerOutOfRange,
     MountError,
     TarFormatError,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "ImageTree",
     "IndexCacheError",
     "IntegrityError",
+    "LayerOutOfRange",
     "MountError",
     "TarFormatError",
 ]

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 from . import blobs, cache, tarscan
 from .archive import Archive
 from .blobs import Blob, Span
-from .errors import ArchiveError, ImageSelectError, IndexCacheError, IntegrityError
+from .errors import ArchiveError, IndexCacheError, IntegrityError, LayerOutOfRange
 from .index import Index, temp_path, write_index
 from .isolate import in_child
 from .layercache import LayerCache
@@ -63,7 +63,7 @@ def _layers_to_use(image: Image, layer: int | None, archive_path: str) -> int:
         return n
     upto = layer if layer > 0 else n + layer + 1  # -1 is the top layer
     if layer == 0 or not 1 <= upto <= n:
-        raise ImageSelectError(f"--layer {layer} is out of range: the image has {n} layers (1..{n} or -1..-{n})")
+        raise LayerOutOfRange(layer, n)
     return upto
 
 

@@ -65,6 +65,21 @@ class ImageSelectError(ImageFSError):
     """The image to use cannot be chosen (unknown or ambiguous reference)."""
 
 
+class LayerOutOfRange(ImageSelectError):
+    """The layer asked for is not in the image; ``named`` is how the user asked for it."""
+
+    def __init__(self, layer: int, count: int, named: str | None = None) -> None:
+        self.layer = layer
+        self.count = count
+        self.named = named or f"--layer {layer}"
+        super().__init__(f"{self.named} is out of range: the image has {count} layers (1..{count} or -1..-{count})")
+
+    def __reduce__(self) -> tuple[type, tuple[int, int, str]]:
+        # It crosses from the indexing child to the CLI by pickle, which would call
+        # __init__ with the message alone.
+        return (type(self), (self.layer, self.count, self.named))
+
+
 class IndexCacheError(ImageFSError):
     """The persistent index is unusable (the caller rebuilds or runs without it)."""
 

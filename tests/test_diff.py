@@ -567,7 +567,8 @@ def test_archive_at_layer_out_of_range(idiff: Differ, hist: Path, n: str) -> Non
     r = idiff(f"{hist}@{n}", hist)
     assert r.returncode == 2
     msg = assert_one_line_error(r)
-    assert "out of range" in msg and "3 layers" in msg
+    assert f"{hist}@{n}: layer {n} is out of range" in msg and "3 layers" in msg
+    assert "--layer" not in msg  # diff has no such option
 
 
 def test_archive_named_with_at_sign(idiff: Differ, hist: Path, tmp_path: Path) -> None:
