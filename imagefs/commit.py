@@ -27,7 +27,7 @@ from . import blobs
 from .archive import Archive
 from .errors import ImageFSError, IntegrityError, MountError
 from .manifest import Image, read_images, select_image
-from .overlay import BASE_FILE, OWNER_XATTR, TMP_PREFIX, hold, read_base, recorded_owner
+from .overlay import BASE_FILE, OWNER_XATTR, TMP_PREFIX, base_mismatch, hold, read_base, recorded_owner
 
 __all__ = ["CommitOptions", "check_tag", "commit", "layer_from_dir"]
 
@@ -160,16 +160,13 @@ def _history_of(cfg: dict[str, object], layers: int) -> list[object]:
 
 def _base_layers(upper_dir: str, image: Image) -> int:
     """How many of ``image``'s layers DIR's changes were made over (``mount --layer N``)."""
-    base = read_base(upper_dir)
-    if base is None:
+    made = read_base(upper_dir)
+    if made is None:
         return len(image.layers)
-    if base.get("image") != image.id:
-        raise ImageFSError(f"{upper_dir} holds changes to image {base.get('image')}, not to {image.id} "
-                           "(choose it with --image)")
-    n = base.get("layers")
-    if not isinstance(n, int) or not 1 <= n <= len(image.layers):
-        raise ImageFSError(f"{upper_dir}: its record of the layers it was made over ({n!r}) does not fit the image")
-    return n
+    why = base_mismatch(made, image.id, len(image.layers))
+    if why is not None:
+        raise ImageFSError(f"{upper_dir} {why}")
+    return made["layers"]  # type: ignore[return-value]  # base_mismatch checked it is an int
 
 
 def commit(upper_dir: str, archive_path: str, out_path: str, opts: CommitOptions) -> str:

@@ -44,8 +44,8 @@ from .index import ROOT_INO
 from .paths import OPAQUE, WHITEOUT_PREFIX
 from .tree import ImageTree, Stat
 
-__all__ = ["BASE_FILE", "OWNER_XATTR", "Found", "Overlay", "Stat", "check_overlay_dir", "hold", "in_use", "read_base",
-           "recorded_owner"]
+__all__ = ["BASE_FILE", "OWNER_XATTR", "Found", "Overlay", "Stat", "base_mismatch", "check_overlay_dir", "hold",
+           "in_use", "read_base", "recorded_owner"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,22 @@ def read_base(upper_dir: str) -> dict[str, object] | None:
     if not isinstance(base, dict):
         raise MountError(f"{path} is not what imagefs writes; remove it if DIR's changes fit this image")
     return base
+
+
+def base_mismatch(made: dict[str, object], image_id: str, layers_total: int, layers: int | None = None) -> str | None:
+    """Why changes recorded (`read_base`) as made over ``made`` do not fit image
+    ``image_id`` of ``layers_total`` layers, seen as of layer ``layers`` (None: as
+    of the layers the record names, as commit stacks them); None if they fit."""
+    if made.get("image") != image_id:
+        return f"holds changes to image {made.get('image')}, not to {image_id} (choose it with --image)"
+    n = made.get("layers")
+    if not isinstance(n, int) or not 1 <= n <= layers_total or made.get("layers_total") != layers_total:
+        return (f"has a record of the layers it was made over ({n!r} of {made.get('layers_total')!r}) that does "
+                "not fit the image")
+    if layers is not None and n != layers:
+        how = "without --layer" if n == layers_total else f"with --layer {n}"
+        return f"holds changes made over layer {n} of {layers_total}: mount it {how}"
+    return None
 
 
 def _whiteout_fits(name: bytes) -> bool:
@@ -218,14 +234,8 @@ class Overlay:
                 "layers_total": meta["image"]["layers_total"]}
         made = read_base(os.fsdecode(self.top))
         if made is not None and made != base and set(os.listdir(self.top)) != {BASE_FILE}:
-            shown = os.fsdecode(self.top)
-            if made.get("image") != base["image"]:
-                raise MountError(f"{shown} holds changes to image {made.get('image')}, not to this one "
-                                 f"({base['image']})")
-            how = ("without --layer" if made.get("layers") == made.get("layers_total")
-                   else f"with --layer {made.get('layers')}")
-            raise MountError(f"{shown} holds changes made over layer {made.get('layers')} of "
-                             f"{made.get('layers_total')}: mount it {how}")
+            why = base_mismatch(made, base["image"], base["layers_total"], base["layers"])
+            raise MountError(f"{os.fsdecode(self.top)} {why}")
         if made != base:
             tmp = self._tmp_name(b"")
             with open(tmp, "w") as f:

@@ -22,7 +22,7 @@ import pytest
 import builder as b
 from imagefs import BuildOptions, ImageTree
 from imagefs.errors import MountError
-from imagefs.overlay import BASE_FILE, TMP_PREFIX, Found, Overlay, check_overlay_dir
+from imagefs.overlay import BASE_FILE, TMP_PREFIX, Found, Overlay, base_mismatch, check_overlay_dir
 
 MTIME_NS = b.MTIME * 10**9
 BIG = bytes(range(256)) * 5000  # 1.25 MB: more than one copy-up chunk
@@ -375,6 +375,24 @@ def test_dir_is_refused_over_another_layer_or_image(tmp_path: Path) -> None:
             env.reopen()
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("made, layers, why", [
+    ({"image": "sha256:a", "layers": 2, "layers_total": 3}, None, None),  # commit: any layer of the image
+    ({"image": "sha256:a", "layers": 2, "layers_total": 3}, 2, None),
+    ({"image": "sha256:a", "layers": 3, "layers_total": 3}, 2, "made over layer 3 of 3: mount it without --layer"),
+    ({"image": "sha256:a", "layers": 1, "layers_total": 3}, 3, "made over layer 1 of 3: mount it with --layer 1"),
+    ({"image": "sha256:b", "layers": 3, "layers_total": 3}, None, "changes to image sha256:b, not to sha256:a"),
+    ({"image": "sha256:a", "layers": 4, "layers_total": 3}, None, "does not fit the image"),
+    ({"image": "sha256:a", "layers": 0, "layers_total": 3}, None, "does not fit the image"),
+    ({"image": "sha256:a", "layers": "2", "layers_total": 3}, None, "does not fit the image"),
+    ({"image": "sha256:a", "layers": 2, "layers_total": 4}, None, "does not fit the image"),
+    ({"image": "sha256:a"}, None, "does not fit the image"),
+])
+def test_base_mismatch(made: dict[str, object], layers: int | None, why: str | None) -> None:
+    """One rule for mount (the layers it shows) and commit (the layers the record names)."""
+    got = base_mismatch(made, "sha256:a", 3, layers)
+    assert got == why if why is None else why in (got or "")
 
 
 @pytest.mark.parametrize("name", [b".wh.x", b".wh..wh..opq", b".wh.top", b".wh."])
