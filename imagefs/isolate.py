@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from .errors import ImageFSError, IndexingCrashed
 
-__all__ = ["in_child"]
+__all__ = ["in_child", "wait_exit"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -59,7 +59,7 @@ def in_child(fn: Callable[..., Any], *args: Any, on_crash: Callable[[int], None]
         # unwind by itself (a second SIGINT could cut its clean-up short).  One that
         # reached only this process is passed on, so the child removes what it
         # half wrote rather than finish the work for nobody.
-        if not _reaped_within(pid, 1.0):
+        if wait_exit(pid, 1.0) is None:
             os.kill(pid, signal.SIGINT)
             os.waitpid(pid, 0)
         raise
@@ -118,13 +118,17 @@ def _run_child(fn: Callable[..., Any], args: tuple[Any, ...], w: int, parent: in
     return code
 
 
-def _reaped_within(pid: int, seconds: float) -> bool:
+def wait_exit(pid: int, seconds: float) -> int | None:
+    """Reap child ``pid`` if it ends within ``seconds`` (0: only if it has ended):
+    its wait status, or None if it still runs."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if os.waitpid(pid, os.WNOHANG)[0]:
-            return True
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() >= deadline:
+            return None
         time.sleep(0.01)
-    return False
 
 
 def _describe(status: int) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from .errors import ImageFSError, MountError
+from .isolate import wait_exit
 
 if TYPE_CHECKING:
     from .fuseops import ReadOnlyOperations
@@ -486,37 +487,26 @@ def spawn_daemon(request: dict[str, object], mountpoint: str, log_file: str | No
         finally:
             os._exit(code)
     os.close(wfd)
-    status: list[int] = []  # waitpid can reap only once: remember what it said
-
-    def exited() -> int | None:
-        if not status:
-            done, st = os.waitpid(pid, os.WNOHANG)
-            if not done:
-                return None
-            status.append(os.waitstatus_to_exitcode(st))
-        return status[0]
-
     text = _wait_ready(rfd)
     if text == "ok":
         return
-    if not text:
-        # The pipe closed or timed out: a daemon that died closes it a moment before
-        # its exit status can be collected.
-        deadline = time.monotonic() + 2
-        while exited() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-    if exited() is None:
+    # The pipe closed or timed out.  A daemon that died closes it a moment before its
+    # exit status can be collected; one that said why it failed is on its way out.
+    status = wait_exit(pid, 0 if text else 2)
+    if status is None:
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while exited() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        status = wait_exit(pid, 5)
+        if status is None:  # stuck (in the kernel, or ignoring SIGTERM): no daemon is left behind
+            os.kill(pid, signal.SIGKILL)
+            status = os.waitpid(pid, 0)[1]
         if not text:
             _clear(mountpoint)
             raise MountError(f"the imagefs daemon did not become ready within {READY_TIMEOUT:.0f}s")
     _clear(mountpoint)
     if text.startswith("error: "):
         raise MountError(text[len("error: "):])
-    raise MountError(f"the imagefs daemon exited with status {exited()} before the mount was ready")
+    raise MountError(f"the imagefs daemon exited with status {os.waitstatus_to_exitcode(status)} before the "
+                     "mount was ready")
 
 
 def _clear(mountpoint: str) -> None:
