@@ -48,19 +48,66 @@ _CHUNK = 256 << 10  # compressed bytes per step
 _OUT_MAX = 4 << 20  # decompressed bytes per step, however well the input compresses
 
 
-class _Stream:
-    """zlib inflating a gzip stream from its start, with what it has decompressed
-    but not handed out yet (``buf``, which starts at uncompressed offset ``pos``)."""
+class _Inflater:
+    """zlib over a gzip stream of one member or several, from its start.
 
-    __slots__ = ("inflate", "raw_pos", "tail", "pos", "buf", "ended")
+    What follows the last member and does not start another one (zero
+    padding, say) is ignored, as gzip(1) does.
+    """
 
-    def __init__(self) -> None:
-        self.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    __slots__ = ("_read", "_inflate", "_tail", "raw_pos", "ended")
+
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        self._read = read  # read(offset): up to _CHUNK compressed bytes there
+        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._tail = b""  # compressed input not consumed yet
         self.raw_pos = 0
-        self.tail = b""  # compressed input not consumed yet
+        self.ended = False
+
+    def step(self) -> bytes:
+        """The next decompressed bytes: at most _OUT_MAX, however well the input
+        compresses, and maybe none.  ``ended`` is set after the last member.
+
+        Raises:
+            zlib.error: corrupt data, a CRC-32 or length that does not match.
+            EOFError: the stream ends inside a member.
+        """
+        if not self._tail:
+            self._tail = self._more()
+            if not self._tail:
+                raise EOFError("the stream ends inside a member")
+        out = self._inflate.decompress(self._tail, _OUT_MAX)
+        self._tail = self._inflate.unconsumed_tail
+        if self._inflate.eof:  # the end of a member: another may follow
+            rest = self._inflate.unused_data + self._tail
+            while len(rest) < len(GZIP_MAGIC):
+                more = self._more()
+                if not more:
+                    break
+                rest += more
+            if rest.startswith(GZIP_MAGIC):
+                self._tail = rest
+                self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            else:
+                self.ended = True
+        return out
+
+    def _more(self) -> bytes:
+        data = self._read(self.raw_pos)
+        self.raw_pos += len(data)
+        return data
+
+
+class _Stream:
+    """A stream being served in order: its inflater and what it has
+    decompressed but not handed out yet (``buf``, from uncompressed offset ``pos``)."""
+
+    __slots__ = ("inflater", "pos", "buf")
+
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        self.inflater = _Inflater(read)
         self.pos = 0
         self.buf = bytearray()
-        self.ended = False
 
 
 class GzipBlob:
@@ -119,16 +166,17 @@ class GzipBlob:
         if st is None or not st.pos <= offset <= st.pos + len(st.buf) + _AHEAD:
             if offset > _AHEAD:
                 return None
-            st = self._stream = _Stream()
+            blob = self._file.blob
+            st = self._stream = _Stream(lambda at: blob.pread(_CHUNK, at))
         try:
-            while st.pos + len(st.buf) < offset + n and not st.ended:
-                self._inflate_step(st)
+            while st.pos + len(st.buf) < offset + n and not st.inflater.ended:
+                st.buf += st.inflater.step()
                 if offset > st.pos + len(st.buf):  # skip what nobody asked for
                     st.pos += len(st.buf)
                     st.buf.clear()
-        except zlib.error:
-            # Not a clean single or multi-member stream (trailing garbage, say):
-            # indexed_gzip knows what to make of it, from now on.
+        except (zlib.error, EOFError):
+            # Not a clean stream (cut short, or corrupt): indexed_gzip says what
+            # is wrong with it, and serves it from now on.
             self._stream = None
             self._imported = False
             return None
@@ -138,19 +186,6 @@ class GzipBlob:
         del st.buf[:start + len(data)]
         st.pos = offset + len(data)
         return data
-
-    def _inflate_step(self, st: _Stream) -> None:
-        if not st.tail:
-            st.tail = self._file.blob.pread(_CHUNK, st.raw_pos)
-            st.raw_pos += len(st.tail)
-            if not st.tail:
-                st.ended = True
-                return
-        st.buf += st.inflate.decompress(st.tail, _OUT_MAX)
-        st.tail = st.inflate.unconsumed_tail
-        if st.inflate.eof:  # the end of a gzip member: another may follow
-            st.tail = st.inflate.unused_data + st.tail
-            st.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
 
     def save_state(self) -> None:
         """Export the seek points built so far (atomically) for later mounts."""
@@ -291,29 +326,12 @@ def check_gzip(raw: Blob, what: str, stop: Callable[[int], bool] = lambda _done:
         except OSError as e:
             raise ArchiveError(f"{what}: cannot read it ({e.strerror or e})") from None
 
-    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    pos = done = 0
-    data = b""
-    while not stop(done):
-        if not data:
-            data = read(pos)
-            pos += len(data)
-            if not data:
-                raise ArchiveError(f"{what}: truncated gzip data (the stream ends inside a member)")
+    inflater = _Inflater(read)
+    done = 0
+    while not inflater.ended and not stop(done):
         try:
-            done += len(inflate.decompress(data, _OUT_MAX))
+            done += len(inflater.step())
         except zlib.error as e:
             raise ArchiveError(f"{what}: corrupt gzip data ({e})") from None
-        data = inflate.unconsumed_tail
-        if not inflate.eof:
-            continue
-        data = inflate.unused_data + data
-        while len(data) < len(GZIP_MAGIC):
-            more = read(pos)
-            if not more:
-                break
-            pos += len(more)
-            data += more
-        if not data.startswith(GZIP_MAGIC):
-            return  # the end, or padding after it
-        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        except EOFError:
+            raise ArchiveError(f"{what}: truncated gzip data (the stream ends inside a member)") from None
