@@ -48,11 +48,15 @@ class FileBlob:
 
     def __init__(self, path: str) -> None:
         try:
-            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: opening a FIFO would otherwise wait for a writer, forever.
+            # It changes nothing for the reads of a regular file.
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             st = os.fstat(self.fd)
         except OSError as e:
             raise ArchiveError(f"cannot open {path}: {e.strerror}") from None
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        if not stat.S_ISREG(st.st_mode):
+            # Not a device either: its size is not st_size, and writing to it changes
+            # nothing the index cache could notice.
             os.close(self.fd)
             raise ArchiveError(f"{path} is not a regular file")
         self.path = path

@@ -64,8 +64,9 @@ def _paths(node: Node, path: bytes) -> Iterator[bytes]:
 
 def _history(image: Image) -> list[str]:
     """created_by of each non-empty history entry: one per layer, in order."""
-    out = []
-    for h in image.config.get("history") or []:
+    history = image.config.get("history")
+    out: list[str] = []
+    for h in history if isinstance(history, list) else ():
         if isinstance(h, dict) and not h.get("empty_layer"):
             out.append(str(h.get("created_by") or h.get("comment") or ""))
     return out
@@ -79,12 +80,19 @@ def _stored_size(members: list[Member]) -> int:
     return end + 1024 if members else 0
 
 
+# How far `_stream_size` reads past the tar's end.  Writers pad to their record size
+# (GNU tar: 10 KiB); a small compressed tail of gigabytes of zeros must not cost minutes.
+_TAIL_MAX = 1 << 20
+
+
 def _stream_size(info: LayerInfo, members: list[Member]) -> int:
     """The uncompressed size of a compressed layer: past the last member, tar writers pad
-    to their record size, so read on from there to the end (a few KiB; seek points help)."""
+    to their record size, so read on from there to the end (a few KiB; seek points help).
+    A tail longer than _TAIL_MAX is not counted past that."""
     stream = blobs.open_stream(info.span, info.compression, "layer", info.state)
     pos = _stored_size(members)
-    while True:
+    stop = pos + _TAIL_MAX
+    while pos < stop:
         try:
             chunk = stream.pread(1 << 16, pos)
         except OSError:
@@ -92,6 +100,7 @@ def _stream_size(info: LayerInfo, members: list[Member]) -> int:
         if not chunk:
             return pos
         pos += len(chunk)
+    return pos
 
 
 @no_cyclic_gc()

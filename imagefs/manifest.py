@@ -60,20 +60,49 @@ class Image:
         return self.id.removeprefix("sha256:")[:12]
 
 
-def _json(archive: Archive, name: bytes) -> Any:
-    raw = archive.read(name)
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ImageFormatError(f"{archive.path}: {name.decode(errors='replace')} is not valid JSON") from None
+class _Docs:
+    """The archive's JSON documents, each parsed once: entries of one archive may
+    all name the same config or manifest, and a reader must not pay for it each time."""
+
+    __slots__ = ("archive", "path", "_parsed")
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self.path = archive.path
+        self._parsed: dict[bytes, tuple[Any, str]] = {}
+
+    @property
+    def members(self) -> Any:
+        return self.archive.members
+
+    def exists(self, name: bytes) -> bool:
+        return self.archive.exists(name)
+
+    def json(self, name: bytes, what: str = "") -> Any:
+        """The parsed document; ``what`` names it in the error ("image config ")."""
+        return self._load(name, what)[0]
+
+    def sha256(self, name: bytes) -> str:
+        """The digest of the document's bytes (a docker-archive image's id)."""
+        return self._load(name)[1]
+
+    def _load(self, name: bytes, what: str = "") -> tuple[Any, str]:
+        if name not in self._parsed:
+            raw = self.archive.read(name)
+            try:
+                doc = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                raise ImageFormatError(f"{self.path}: {what}{name.decode(errors='replace')} is not valid JSON") from None
+            self._parsed[name] = (doc, "sha256:" + hashlib.sha256(raw).hexdigest())
+        return self._parsed[name]
 
 
-def _blob_member(digest: Any, archive: Archive) -> bytes:
+def _blob_member(digest: Any, docs: _Docs) -> bytes:
     if not isinstance(digest, str) or ":" not in digest:
-        raise ImageFormatError(f"{archive.path}: bad digest {digest!r} in the OCI layout")
+        raise ImageFormatError(f"{docs.path}: bad digest {digest!r} in the OCI layout")
     algo, _, hexd = digest.partition(":")
     if not algo.isalnum() or not hexd.isalnum():
-        raise ImageFormatError(f"{archive.path}: bad digest {digest!r} in the OCI layout")
+        raise ImageFormatError(f"{docs.path}: bad digest {digest!r} in the OCI layout")
     return f"blobs/{algo}/{hexd}".encode()
 
 
@@ -85,163 +114,179 @@ def _diff_ids(config: Any) -> list[str | None]:
         return []
 
 
-def _check_layers(archive: Archive, layers: list[LayerRef]) -> None:
+def _config(docs: _Docs, name: bytes) -> dict[str, Any]:
+    """An image config; one that is not a JSON object counts as empty.  The tree
+    needs none of it (diff_ids are checked where there are some), so such an
+    image still mounts, and `layers` and `commit` see a config without fields."""
+    config = docs.json(name, "image config ")
+    return config if isinstance(config, dict) else {}
+
+
+def _check_layers(docs: _Docs, layers: list[LayerRef]) -> None:
     for layer in layers:
-        if not archive.exists(layer.member):
+        if not docs.exists(layer.member):
             raise ImageFormatError(
-                f"{archive.path}: the manifest names layer {layer.member.decode(errors='replace')}, "
+                f"{docs.path}: the manifest names layer {layer.member.decode(errors='replace')}, "
                 "which the archive does not hold"
             )
 
 
-def _from_manifest_json(archive: Archive) -> list[Image]:
-    doc = _json(archive, b"manifest.json")
+def _from_manifest_json(docs: _Docs) -> list[Image]:
+    doc = docs.json(b"manifest.json")
     if not isinstance(doc, list) or not doc:
-        raise ImageFormatError(f"{archive.path}: manifest.json lists no images")
+        raise ImageFormatError(f"{docs.path}: manifest.json lists no images")
+    if len(doc) > MAX_IMAGES:
+        raise ImageFormatError(f"{docs.path}: manifest.json lists more than {MAX_IMAGES} images; refusing")
     images = []
     for entry in doc:
         if not isinstance(entry, dict) or not isinstance(entry.get("Layers"), list) or "Config" not in entry:
-            raise ImageFormatError(f"{archive.path}: manifest.json has an entry without Config and Layers")
+            raise ImageFormatError(f"{docs.path}: manifest.json has an entry without Config and Layers")
         config_name = str(entry["Config"]).encode()
-        config_raw = archive.read(config_name)
-        try:
-            config = json.loads(config_raw)
-        except ValueError:
-            raise ImageFormatError(f"{archive.path}: image config {entry['Config']} is not valid JSON") from None
+        config = _config(docs, config_name)
         diff_ids = _diff_ids(config)
         layers = []
         for i, name in enumerate(entry["Layers"]):
             if not isinstance(name, str):
-                raise ImageFormatError(f"{archive.path}: manifest.json has a layer that is not a file name")
+                raise ImageFormatError(f"{docs.path}: manifest.json has a layer that is not a file name")
             layers.append(LayerRef(
                 member=name.encode(),
                 digest=("sha256:" + name.split("/")[-1]) if name.startswith("blobs/sha256/") else None,
                 diff_id=diff_ids[i] if i < len(diff_ids) else None,
                 media_type=None,
             ))
-        _check_layers(archive, layers)
+        _check_layers(docs, layers)
         repo_tags = entry.get("RepoTags") or []
         if not isinstance(repo_tags, list):
-            raise ImageFormatError(f"{archive.path}: manifest.json has RepoTags that is not a list")
+            raise ImageFormatError(f"{docs.path}: manifest.json has RepoTags that is not a list")
         tags = tuple(t for t in repo_tags if isinstance(t, str))
-        images.append(Image("sha256:" + hashlib.sha256(config_raw).hexdigest(), tags, tuple(layers), config))
+        images.append(Image(docs.sha256(config_name), tags, tuple(layers), config))
     return images
 
 
-def _oci_manifests(archive: Archive, desc: dict[str, Any], ref: str | None,
-                   depth: int, budget: list[int] | None = None) -> list[tuple[dict[str, Any], str | None, str | None]]:
-    """Leaf image manifests under an index descriptor, with ref name and platform."""
+def _oci_manifests(docs: _Docs, desc: dict[str, Any], ref: str | None,
+                   depth: int, budget: list[int] | None = None,
+                   ) -> list[tuple[bytes, dict[str, Any], str | None, str | None]]:
+    """Leaf image manifests under an index descriptor: member, document, ref name and platform."""
     if depth > 8:
-        raise ImageFormatError(f"{archive.path}: OCI indexes nest too deep")
+        raise ImageFormatError(f"{docs.path}: OCI indexes nest too deep")
     budget = budget if budget is not None else [MAX_IMAGES]
     budget[0] -= 1
     if budget[0] < 0:
-        raise ImageFormatError(f"{archive.path}: the OCI indexes name more than {MAX_IMAGES} manifests; refusing")
+        raise ImageFormatError(f"{docs.path}: the OCI indexes name more than {MAX_IMAGES} manifests; refusing")
     if not isinstance(desc, dict):
-        raise ImageFormatError(f"{archive.path}: an OCI index lists a manifest that is not an object")
+        raise ImageFormatError(f"{docs.path}: an OCI index lists a manifest that is not an object")
     annotations = desc.get("annotations") or {}
     if not isinstance(annotations, dict):
-        raise ImageFormatError(f"{archive.path}: OCI annotations that are not an object")
+        raise ImageFormatError(f"{docs.path}: OCI annotations that are not an object")
     named = annotations.get(_REF_NAME)
     ref = named if isinstance(named, str) else ref
-    doc = _json(archive, _blob_member(desc.get("digest"), archive))
+    member = _blob_member(desc.get("digest"), docs)
+    doc = docs.json(member)
     if not isinstance(doc, dict):
-        raise ImageFormatError(f"{archive.path}: OCI manifest {desc.get('digest')} is not an object")
+        raise ImageFormatError(f"{docs.path}: OCI manifest {desc.get('digest')} is not an object")
     if str(desc.get("mediaType")) in _OCI_INDEX_TYPES or str(doc.get("mediaType")) in _OCI_INDEX_TYPES or (
         "manifests" in doc and "layers" not in doc
     ):
         children = doc.get("manifests") or []
         if not isinstance(children, list):
-            raise ImageFormatError(f"{archive.path}: an OCI index whose manifests is not a list")
+            raise ImageFormatError(f"{docs.path}: an OCI index whose manifests is not a list")
         out = []
         for child in children:
-            out.extend(_oci_manifests(archive, child, ref, depth + 1, budget))
+            out.extend(_oci_manifests(docs, child, ref, depth + 1, budget))
         return out
     plat = desc.get("platform")
     platform = None
     if isinstance(plat, dict) and plat.get("os"):
         platform = "/".join(str(p) for p in (plat.get("os"), plat.get("architecture"), plat.get("variant")) if p)
-    return [(doc, ref, platform)]
+    return [(member, doc, ref, platform)]
 
 
-def _from_oci_layout(archive: Archive) -> list[Image]:
-    index = _json(archive, b"index.json")
+def _from_oci_layout(docs: _Docs) -> list[Image]:
+    index = docs.json(b"index.json")
     if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
-        raise ImageFormatError(f"{archive.path}: index.json has no manifests list")
+        raise ImageFormatError(f"{docs.path}: index.json has no manifests list")
     images = []
     budget = [MAX_IMAGES]
-    seen: set[tuple[str, str | None]] = set()
+    seen: set[tuple[bytes, str | None]] = set()
     for desc in index["manifests"]:
         if not isinstance(desc, dict):
-            raise ImageFormatError(f"{archive.path}: index.json has a manifest that is not an object")
-        for doc, ref, platform in _oci_manifests(archive, desc, None, 0, budget):
-            key = (json.dumps(doc, sort_keys=True), ref)
+            raise ImageFormatError(f"{docs.path}: index.json has a manifest that is not an object")
+        for member, doc, ref, platform in _oci_manifests(docs, desc, None, 0, budget):
+            key = (member, ref)
             if key in seen:
                 continue  # the same manifest reached twice through nested indexes
             seen.add(key)
             if len(images) >= MAX_IMAGES:
-                raise ImageFormatError(f"{archive.path}: more than {MAX_IMAGES} images; refusing")
+                raise ImageFormatError(f"{docs.path}: more than {MAX_IMAGES} images; refusing")
             config_desc = doc.get("config") or {}
             if not isinstance(config_desc, dict):
-                raise ImageFormatError(f"{archive.path}: OCI manifest whose config is not a descriptor")
-            config = _json(archive, _blob_member(config_desc.get("digest"), archive))
+                raise ImageFormatError(f"{docs.path}: OCI manifest whose config is not a descriptor")
+            config = _config(docs, _blob_member(config_desc.get("digest"), docs))
             diff_ids = _diff_ids(config)
             layer_descs = doc.get("layers")
             if not isinstance(layer_descs, list):
-                raise ImageFormatError(f"{archive.path}: OCI manifest without a layers list")
+                raise ImageFormatError(f"{docs.path}: OCI manifest without a layers list")
             layers = []
             for i, ld in enumerate(layer_descs):
                 if not isinstance(ld, dict):
-                    raise ImageFormatError(f"{archive.path}: OCI manifest has a bad layer descriptor")
+                    raise ImageFormatError(f"{docs.path}: OCI manifest has a bad layer descriptor")
                 layers.append(LayerRef(
-                    member=_blob_member(ld.get("digest"), archive),
+                    member=_blob_member(ld.get("digest"), docs),
                     digest=ld.get("digest"),
                     diff_id=diff_ids[i] if i < len(diff_ids) else None,
                     media_type=ld.get("mediaType"),
                 ))
-            _check_layers(archive, layers)
+            _check_layers(docs, layers)
             tags = (ref,) if ref else ()
             images.append(Image(str(config_desc.get("digest")), tags, tuple(layers), config, platform))
     return images
 
 
-def _from_legacy(archive: Archive) -> list[Image]:
+def _from_legacy(docs: _Docs) -> list[Image]:
     tops: dict[str, list[str]] = {}
-    if archive.exists(b"repositories"):
-        repos = _json(archive, b"repositories")
+    if docs.exists(b"repositories"):
+        repos = docs.json(b"repositories")
         if not isinstance(repos, dict):
-            raise ImageFormatError(f"{archive.path}: repositories is not a JSON object")
+            raise ImageFormatError(f"{docs.path}: repositories is not a JSON object")
         for repo, tagmap in repos.items():
             if not isinstance(tagmap, dict):
-                raise ImageFormatError(f"{archive.path}: repositories entry {repo} is not an object")
+                raise ImageFormatError(f"{docs.path}: repositories entry {repo} is not an object")
             for tag, layer_id in tagmap.items():
                 tops.setdefault(str(layer_id), []).append(f"{repo}:{tag}")
     else:
-        ids = {p.split(b"/")[0].decode(errors="replace") for p in archive.members if p.endswith(b"/json")}
+        ids = {p.split(b"/")[0].decode(errors="replace") for p in docs.members if p.endswith(b"/json")}
         parents = set()
         for i in ids:
-            meta = _json(archive, f"{i}/json".encode())
+            meta = docs.json(f"{i}/json".encode())
             if not isinstance(meta, dict):
-                raise ImageFormatError(f"{archive.path}: {i[:12]}/json is not an object")
+                raise ImageFormatError(f"{docs.path}: {i[:12]}/json is not an object")
             if isinstance(meta.get("parent"), str):
                 parents.add(meta["parent"])
         tops = {i: [] for i in sorted(ids - parents)}
         if ids and not tops:
-            raise ImageFormatError(f"{archive.path}: the legacy parent chain loops (every layer is a parent)")
+            raise ImageFormatError(f"{docs.path}: the legacy parent chain loops (every layer is a parent)")
+    if len(tops) > MAX_IMAGES:
+        raise ImageFormatError(f"{docs.path}: more than {MAX_IMAGES} images; refusing")
     images = []
+    steps = 0
     for top, tags in tops.items():
         chain: list[str] = []
+        on_chain: set[str] = set()
         config: dict[str, Any] = {}
         layer_id: str | None = top
         while layer_id:
-            if layer_id in chain:
-                raise ImageFormatError(f"{archive.path}: the legacy parent chain of {top[:12]} loops")
+            if layer_id in on_chain:
+                raise ImageFormatError(f"{docs.path}: the legacy parent chain of {top[:12]} loops")
+            on_chain.add(layer_id)
+            steps += 1
+            if steps > _MAX_LEGACY_STEPS:  # every image walks its own chain: n tops over one long chain is n^2
+                raise ImageFormatError(f"{docs.path}: the legacy parent chains are implausibly long; refusing")
             name = f"{layer_id}/json".encode()
-            if not archive.exists(name):
-                raise ImageFormatError(f"{archive.path}: legacy layer {layer_id[:12]} has no json")
-            meta = _json(archive, name)
+            if not docs.exists(name):
+                raise ImageFormatError(f"{docs.path}: legacy layer {layer_id[:12]} has no json")
+            meta = docs.json(name)
             if not isinstance(meta, dict):
-                raise ImageFormatError(f"{archive.path}: {layer_id[:12]}/json is not an object")
+                raise ImageFormatError(f"{docs.path}: {layer_id[:12]}/json is not an object")
             if not chain:
                 config = meta
             chain.append(layer_id)
@@ -249,12 +294,14 @@ def _from_legacy(archive: Archive) -> list[Image]:
             layer_id = parent if isinstance(parent, str) else None
         chain.reverse()
         layers = [LayerRef(f"{i}/layer.tar".encode(), None, None, None) for i in chain]
-        _check_layers(archive, layers)
+        _check_layers(docs, layers)
         images.append(Image(top, tuple(sorted(tags)), tuple(layers), config))
     return images
 
 
 MAX_IMAGES = 10_000
+# Layers walked over all of a legacy archive's images (a real one: a few tags of up to 127 layers).
+_MAX_LEGACY_STEPS = 200_000
 
 
 def read_images(archive: Archive) -> list[Image]:
@@ -273,12 +320,13 @@ def read_images(archive: Archive) -> list[Image]:
 
 
 def _read_images(archive: Archive) -> list[Image]:
+    docs = _Docs(archive)
     if archive.exists(b"manifest.json"):
-        images = _from_manifest_json(archive)
+        images = _from_manifest_json(docs)
     elif archive.exists(b"index.json"):
-        images = _from_oci_layout(archive)
+        images = _from_oci_layout(docs)
     elif archive.exists(b"repositories") or any(p.endswith(b"/layer.tar") for p in archive.members):
-        images = _from_legacy(archive)
+        images = _from_legacy(docs)
     else:
         raise ImageFormatError(
             f"{archive.path} is a tar archive but not a container image "

@@ -85,6 +85,20 @@ def test_directory(tmp_path: Path) -> None:
     assert_one_line_error(err, tmp_path, "not a regular file")
 
 
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_not_a_regular_file(tmp_path: Path, kind: str) -> None:
+    """A FIFO is refused at once (opening it would wait for a writer forever); a
+    device's size is no st_size, and the cache could not see it rewritten."""
+    if kind == "fifo":
+        path = tmp_path / "pipe.tar"
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/null")
+    with pytest.raises(ArchiveError) as err:
+        Archive(str(path))
+    assert_one_line_error(err, path, "not a regular file")
+
+
 def test_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "empty.tar"
     path.write_bytes(b"")

@@ -297,6 +297,75 @@ def test_config_without_diff_ids_is_tolerated(tmp_path: Path) -> None:
         assert len(img.layers) == 2 and img.layers[0].diff_id is None
 
 
+def test_config_not_an_object_counts_as_empty(tmp_path: Path) -> None:
+    """Whatever else reads Image.config (layers, commit) may take it for a dict."""
+    for config in (b"[]", b"[1]", b'"abc"', b"7", b"null"):
+        path = write(tmp_path / "a.tar", docker_files([{"Config": "config.json", "Layers": ["l.tar"]}], config,
+                                                      {"l.tar": TARS[0]}))
+        (img,) = images_of(path)
+        assert img.config == {} and img.id == "sha256:" + sha(config)
+
+
+def _counting_loads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    import imagefs.manifest as manifest
+
+    calls = [0]
+    real = json.loads
+
+    def loads(raw: Any, *a: Any, **kw: Any) -> Any:
+        calls[0] += 1
+        return real(raw, *a, **kw)
+
+    monkeypatch.setattr(manifest.json, "loads", loads)
+    return calls
+
+
+def test_entries_sharing_a_config_parse_it_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hostile manifest.json of many entries naming one big config costs one parse, not one each."""
+    manifest = [{"Config": "config.json", "Layers": ["l.tar"], "RepoTags": [f"t:{i}"]} for i in range(500)]
+    path = write(tmp_path / "a.tar", docker_files(manifest, GOOD_CONFIG, {"l.tar": TARS[0]}))
+    calls = _counting_loads(monkeypatch)
+    images = images_of(path)
+    assert len(images) == 500 and calls[0] == 2  # manifest.json and config.json
+
+
+def test_oci_descriptors_sharing_a_manifest_parse_it_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    oci = OCI()
+    desc = oci.image(TARS[:1])
+    path = oci.write(tmp_path / "a.tar", [annotated(desc, f"r:{i % 50}") for i in range(300)])
+    calls = _counting_loads(monkeypatch)
+    images = images_of(path)
+    assert sorted(i.tags[0] for i in images) == sorted(f"r:{i}" for i in range(50))
+    assert calls[0] == 3  # index.json, the manifest, the config
+
+
+def test_too_many_images_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import imagefs.manifest as manifest
+
+    monkeypatch.setattr(manifest, "MAX_IMAGES", 5)
+    entries = [{"Config": "config.json", "Layers": ["l.tar"]}] * 6
+    path = write(tmp_path / "a.tar", docker_files(entries, GOOD_CONFIG, {"l.tar": TARS[0]}))
+    with pytest.raises(ImageFormatError, match="more than 5 images"):
+        images_of(path)
+
+
+def test_legacy_many_tops_over_one_long_chain_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """n tags on the ends of n branches of one long chain walk n^2 layers: refused past a budget."""
+    import imagefs.manifest as manifest
+
+    monkeypatch.setattr(manifest, "_MAX_LEGACY_STEPS", 1000)
+    ids = [f"{i:064x}" for i in range(60)]
+    files: dict[str, Any] = {}
+    for i, layer_id in enumerate(ids):
+        files[f"{layer_id}/json"] = {"id": layer_id, **({"parent": ids[i - 1]} if i else {})}
+        files[f"{layer_id}/layer.tar"] = TARS[0]
+    files["repositories"] = {"r": {f"t{i}": layer_id for i, layer_id in enumerate(ids)}}
+    with pytest.raises(ImageFormatError, match="implausibly long"):
+        images_of(write(tmp_path / "a.tar", files))
+    monkeypatch.setattr(manifest, "_MAX_LEGACY_STEPS", 60 * 61 // 2)
+    assert len(images_of(write(tmp_path / "b.tar", files))) == 60
+
+
 def test_not_an_image_archive(tmp_path: Path) -> None:
     path = write(tmp_path / "a.tar", {"README": b"hello", "src/main.c": b"int main;"})
     with pytest.raises(ImageFormatError, match="is a tar archive but not a container image") as err:
