@@ -20,7 +20,7 @@ from . import blobs, cache, tarscan
 from .archive import Archive
 from .blobs import Blob, Span
 from .errors import ArchiveError, IndexCacheError, IntegrityError, LayerOutOfRange
-from .index import Index, temp_path, write_index
+from .index import Index, meta_fits, temp_path, write_index
 from .isolate import in_child
 from .layercache import LayerCache
 from .manifest import Image, LayerRef, read_images, select_image
@@ -308,7 +308,7 @@ def open_index(archive_path: str, opts: BuildOptions, progress: Progress | None 
             if opts.verify:
                 raise IndexCacheError("--verify re-indexes")
             idx = Index(path)
-            if idx.meta.get("archive") == ident.as_dict():
+            if meta_fits(idx.meta) and idx.meta["archive"] == ident.as_dict():
                 idx.from_cache = True
                 return idx, None
             idx.close()

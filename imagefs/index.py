@@ -39,7 +39,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the build
     _indexfast = None
 
-__all__ = ["FORMAT_VERSION", "Attr", "Index", "temp_path", "write_index"]
+__all__ = ["FORMAT_VERSION", "Attr", "Index", "meta_fits", "temp_path", "write_index"]
 
 MAGIC = b"IMGFSIDX"
 FORMAT_VERSION = 3
@@ -189,6 +189,16 @@ def temp_path(path: str, pid: int) -> str:
     return f"{path}.{pid}.tmp"
 
 
+def meta_fits(meta: Any) -> bool:
+    """Whether a meta read back from a cached index has the shape its readers
+    (`ImageTree`, the overlay, `diff`) take for granted."""
+    if not (isinstance(meta, dict) and isinstance(meta.get("archive"), dict) and isinstance(meta.get("image"), dict)
+            and isinstance(meta.get("outer_compression"), str) and isinstance(meta.get("layers"), list)):
+        return False
+    return all(isinstance(layer, dict) and type(layer.get("base")) is int and type(layer.get("length")) is int
+               and isinstance(layer.get("compression"), str) for layer in meta["layers"])
+
+
 def write_index(root: Node, meta: dict[str, Any], path: str) -> None:
     """Serialise the merged tree ``root`` to ``path``, atomically.
 
@@ -250,7 +260,7 @@ class Index:
             raise IndexCacheError(f"index {path} is truncated or corrupt")
         try:
             self.meta: dict[str, Any] = json.loads(mm[meta_off:meta_off + meta_len])
-        except ValueError:
+        except (ValueError, RecursionError):
             raise IndexCacheError(f"index {path} is corrupt") from None
 
     def attr(self, ino: int) -> Attr:

@@ -373,7 +373,7 @@ def select_image(images: list[Image], ref: str | None, archive_path: str) -> Ima
         raise ImageSelectError(
             f"{archive_path} holds {len(images)} images; choose one with --image: {describe(images)}"
         )
-    if ref.isdigit() and len(ref) <= 4 and 1 <= int(ref) <= len(images):
+    if ref.isascii() and ref.isdigit() and len(ref) <= 4 and 1 <= int(ref) <= len(images):
         return images[int(ref) - 1]
     want = normalize_ref(ref)
     exact = [img for img in images if any(normalize_ref(t) == want for t in img.tags)]

@@ -63,7 +63,7 @@ class MountOptions:
         for o in self.extra:
             if o.startswith("max_read="):
                 value = o[len("max_read="):]
-                if not value.isdigit() or int(value) == 0:
+                if not (value.isascii() and value.isdigit()) or int(value) == 0:
                     raise MountError(f"-o {o}: max_read takes a number of bytes")
                 n = int(value)
         return n

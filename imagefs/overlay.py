@@ -111,8 +111,9 @@ def read_base(upper_dir: str) -> dict[str, object] | None:
             base = json.load(f)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as e:
-        raise MountError(f"{path} is unreadable ({e}); remove it if DIR's changes fit this image") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise MountError(f"{path} is unreadable ({type(e).__name__}); remove it if DIR's changes fit this image"
+                         ) from None
     if not isinstance(base, dict):
         raise MountError(f"{path} is not what imagefs writes; remove it if DIR's changes fit this image")
     return base

@@ -137,6 +137,26 @@ class _Cursor:
         return b"".join(parts)
 
 
+def _load_frames(path: str) -> list[tuple[int, int]] | None:
+    """Frame starts saved by an earlier mount, or None if the file is not what
+    `ZstdBlob.save_state` writes (then they are found again as reads go)."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(doc, list) or not doc or doc[0] != [0, 0]:
+        return None
+    frames: list[tuple[int, int]] = []
+    for x in doc:
+        if not (isinstance(x, list) and len(x) == 2 and all(type(v) is int and v >= 0 for v in x)):
+            return None
+        if frames and not (x[0] > frames[-1][0] and x[1] >= frames[-1][1]):
+            return None
+        frames.append((x[0], x[1]))
+    return frames
+
+
 class ZstdBlob:
     """The uncompressed bytes of a zstd stream inside ``raw``."""
 
@@ -152,11 +172,7 @@ class ZstdBlob:
             if os.path.exists(f"{state}.raw"):
                 self._flat = FileBlob(f"{state}.raw")
             elif os.path.exists(f"{state}.zframes"):
-                try:
-                    with open(f"{state}.zframes") as f:
-                        self.frames = [tuple(x) for x in json.load(f)]  # type: ignore[misc]
-                except (OSError, ValueError):
-                    pass
+                self.frames = _load_frames(f"{state}.zframes") or self.frames
 
     @property
     def raw_position(self) -> int:

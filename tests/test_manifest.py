@@ -551,6 +551,12 @@ def test_select_image(ref: str, want: Image) -> None:
     assert select_image(IMAGES, ref, "a.tar") is want
 
 
+@pytest.mark.parametrize("ref", ["\u00b2", "\u0661"])  # digits to str.isdigit, not (all) to int()
+def test_select_image_by_a_non_ascii_digit_is_no_index(ref: str) -> None:
+    with pytest.raises(ImageSelectError, match="no image"):
+        select_image(IMAGES, ref, "a.tar")
+
+
 def test_select_the_only_image_without_a_ref() -> None:
     assert select_image([PODMAN], None, "a.tar") is PODMAN
 

@@ -66,7 +66,8 @@ def test_max_read_is_the_last_one_given(given: tuple[str, ...], want: int) -> No
     assert _opts(*given).max_read == want
 
 
-@pytest.mark.parametrize("opt", ["max_read=", "max_read=abc", "max_read=0", "max_read=-1", "max_read=1e6"])
+@pytest.mark.parametrize("opt", ["max_read=", "max_read=abc", "max_read=0", "max_read=-1", "max_read=1e6",
+                                 "max_read=\u00b2", "max_read=\u0663"])  # digits to str.isdigit, not to int()
 def test_max_read_must_be_a_number_of_bytes(opt: str) -> None:
     with pytest.raises(MountError, match="number of bytes"):
         fuse_options(_opts(opt))

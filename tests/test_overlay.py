@@ -370,9 +370,10 @@ def test_dir_is_refused_over_another_layer_or_image(tmp_path: Path) -> None:
         env.trees.append(tree2)
         with pytest.raises(MountError, match="holds changes to image sha256:"):
             Overlay(tree2, str(env.scratch))
-        (env.scratch / BASE_FILE.decode()).write_text("not json")
-        with pytest.raises(MountError, match="unreadable"):
-            env.reopen()
+        for junk in ("not json", "[" * 100_000 + "]" * 100_000):
+            (env.scratch / BASE_FILE.decode()).write_text(junk)
+            with pytest.raises(MountError, match="unreadable"):
+                env.reopen()
     finally:
         env.close()
 
