@@ -23,7 +23,7 @@ from imagefs import BuildOptions, ImageFSError, ImageTree  # noqa: E402
 from imagefs import mount as mounting  # noqa: E402
 from imagefs.archive import Archive  # noqa: E402
 from imagefs.build import open_index  # noqa: E402
-from imagefs.errors import LayerOutOfRange  # noqa: E402
+from imagefs.errors import LayerOutOfRange, printable  # noqa: E402
 from imagefs.manifest import read_images  # noqa: E402
 from imagefs.progress import TerminalProgress, human_size as _human  # noqa: E402
 
@@ -219,10 +219,13 @@ def images(archive: str, as_json: bool, debug: bool) -> None:
                          "size": sum(sizes), "platform": img.platform})
     finally:
         arc.close()
-    if as_json:
+    if as_json:  # json.dumps escapes what is not printable ASCII
         for row in rows:
             click.echo(json.dumps(row))
         return
+    for row in rows:  # the strings are the archive's, for a terminal
+        row.update(id=printable(row["id"]), tags=[printable(t) for t in row["tags"]],
+                   platform=row["platform"] and printable(row["platform"]))
     # A platform column only where an index names them (a multi-platform OCI archive).
     width = max((len(row["platform"] or "") for row in rows), default=0)
     platform = (lambda row: f"{row['platform'] or '-':<{width}}  ") if width else (lambda row: "")
@@ -246,8 +249,8 @@ def index_cmd(archive: str, layer: int | None, image: str | None, cache_dir: str
     index, tmp = open_index(archive, opts, _progress(quiet))
     try:
         n = len(index.meta["layers"])
-        where = "not kept (--no-cache)" if tmp is not None else index.path
-        click.echo(f"{archive}: {index.n_inodes} inodes, {index.meta['members']} members in {n} "
+        where = "not kept (--no-cache)" if tmp is not None else printable(index.path)
+        click.echo(f"{printable(archive)}: {index.n_inodes} inodes, {index.meta['members']} members in {n} "
                    f"layer{'s' if n != 1 else ''}; index {where}")
     finally:
         index.close()
@@ -367,7 +370,7 @@ def layers_cmd(archive: str, as_json: bool, image: str | None, cache_dir: str | 
         digest = r.digest.removeprefix("sha256:")[:12]
         click.echo(f"{r.index:>3}  {digest:<19}  {_human(r.compressed_size):>9}  {_human(r.size):>9}  "
                    f"{r.entries:>7}  {r.added:>6}  {r.modified:>8}  {r.deleted:>7}  {_human(r.wasted_bytes):>9}  "
-                   f"{r.created_by[:60]}")
+                   f"{printable(r.created_by)[:60]}")
     pct = 100.0 * wasted / total if total else 0.0
     click.echo(f"{len(rows)} layers, {_human(total)} in files, {_human(wasted)} wasted ({pct:.1f}%) "
                "by files that later layers overwrite or delete")
@@ -395,7 +398,7 @@ def commit_cmd(overlay_dir: str, archive: str, image: str | None, output: str, t
 
     _setup_logging(debug)
     image_id = commit(overlay_dir, archive, output, CommitOptions(image=image, tag=tag, message=message))
-    click.echo(f"{output}: {image_id}")
+    click.echo(f"{printable(output)}: {image_id}")
 
 
 if __name__ == "__main__":

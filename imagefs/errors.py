@@ -28,8 +28,10 @@ __all__ = [
 ]
 
 
-def _one_line(text: str) -> str:
-    # Messages quote names from archives, which may hold newlines or terminal escapes.
+def printable(text: str) -> str:
+    """``text`` as one line that cannot drive a terminal or fail to encode: names
+    from archives and paths from the command line may hold newlines, escapes,
+    lone surrogates (bytes that are not UTF-8)."""
     return "".join(c if c.isprintable() else "\\x%02x" % ord(c) if ord(c) < 256 else "\\u%04x" % ord(c)
                    for c in text)
 
@@ -42,7 +44,7 @@ class ImageFSError(Exception):
     """
 
     def __init__(self, message: str) -> None:
-        super().__init__(_one_line(str(message)))
+        super().__init__(printable(str(message)))
 
 
 class ArchiveError(ImageFSError):

@@ -386,6 +386,26 @@ def test_images_of_legacy_and_oci_archives(tmp_path: Path) -> None:
     assert [(r["tags"], r["layers"]) for r in oci] == [(["oci/app:2.0"], 1)]
 
 
+def test_text_from_the_archive_or_the_command_line_is_printed_safely(tmp_path: Path, imagefs_bin: list[str]) -> None:
+    """Tags are the archive's (a lone surrogate, a terminal escape); a path given as
+    bytes that are not UTF-8 decodes to surrogates.  A strict UTF-8 stdout must
+    not fail on them after the work is done, and the terminal gets no escapes."""
+    archive = tmp_path / "tags.tar"
+    b.write_docker_archive(str(archive), GOOD_LAYERS, tags=("\ud800:x", "evil\x1b[2J:1"))
+    odd = os.fsencode(tmp_path) + b"/odd\xff.tar"
+    os.link(archive, odd)
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "LC_ALL": "C.UTF-8"}
+    env.pop("IMAGEFS_DEBUG", None)
+    outs = []
+    for args in (["images", str(archive)], ["index", "--no-cache", "-q", odd]):
+        r = subprocess.run([*map(os.fsencode, imagefs_bin), *map(os.fsencode, args)], capture_output=True,
+                           env=env, timeout=60)
+        assert r.returncode == 0 and r.stderr == b"", (args, r.stderr)
+        outs.append(r.stdout.decode("ascii"))  # what the terminal gets: escapes spelled out
+    assert "\\ud800:x" in outs[0] and "evil\\x1b[2J:1" in outs[0]
+    assert "odd\\udcff.tar: " in outs[1]
+
+
 @pytest.mark.parametrize("case", ["missing", "not-a-tar", "tar-not-image", "manifest-missing-layer"])
 def test_images_of_a_bad_archive(tmp_path: Path, imagefs_bin: list[str], case: str) -> None:
     r = run_cli(imagefs_bin, "images", BAD_ARCHIVES[case](tmp_path))
