@@ -233,17 +233,35 @@ def _join(path: bytes, name: bytes) -> bytes:
     return path + b"/" + name if path else name
 
 
-def _only(src: Source, h: object, path: bytes, kind: str, side_a: bool, every: bool) -> Iterator[Change]:
+# The walkers below yield changes, and the walks of subdirectories as generators
+# of their own, which `_flatten` runs on an explicit stack: trees may be 1,000
+# directories deep, past Python's recursion limit.
+_Walk = Iterator["Change | _Walk"]
+
+
+def _flatten(walk: _Walk) -> Iterator[Change]:
+    stack = [walk]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+        elif isinstance(item, Change):
+            yield item
+        else:
+            stack.append(item)
+
+
+def _only(src: Source, h: object, path: bytes, kind: str, side_a: bool, every: bool) -> _Walk:
     """A path only one side has (``kind`` A or D), and with ``every`` all below it."""
     m = src.meta(h)
     yield Change(kind, path, m if side_a else None, None if side_a else m)
     if every and m.type == "d":
-        yield from _below(src, h, path, kind, side_a)
+        yield _below(src, h, path, kind, side_a)
 
 
-def _below(src: Source, h: object, path: bytes, kind: str, side_a: bool) -> Iterator[Change]:
+def _below(src: Source, h: object, path: bytes, kind: str, side_a: bool) -> _Walk:
     for name, child in src.children(h):
-        yield from _only(src, child, _join(path, name), kind, side_a, True)
+        yield _only(src, child, _join(path, name), kind, side_a, True)
 
 
 def diff(a: Source, b: Source, opts: DiffOptions = DiffOptions()) -> Iterator[Change]:
@@ -255,11 +273,11 @@ def diff(a: Source, b: Source, opts: DiffOptions = DiffOptions()) -> Iterator[Ch
     what = _compare(a, ra, ma, b, rb, mb, opts)  # "/" itself: its mode, owner, xattrs
     if what:
         yield Change("C", b"", ma, mb, what)
-    yield from _diff_dir(a, ra, b, rb, b"", shared, opts)
+    yield from _flatten(_diff_dir(a, ra, b, rb, b"", shared, opts))
 
 
 def _diff_dir(a: Source, ha: object, b: Source, hb: object, path: bytes, shared: int,
-              opts: DiffOptions) -> Iterator[Change]:
+              opts: DiffOptions) -> _Walk:
     if shared and a.touched(ha) < shared and b.touched(hb) < shared:
         return  # both subtrees are exactly what the shared bottom layers made
     ca, cb = a.children(ha), b.children(hb)
@@ -268,11 +286,11 @@ def _diff_dir(a: Source, ha: object, b: Source, hb: object, path: bytes, shared:
         if j >= len(cb) or (i < len(ca) and ca[i][0] < cb[j][0]):
             name, h = ca[i]
             i += 1
-            yield from _only(a, h, _join(path, name), "D", True, opts.all)
+            yield _only(a, h, _join(path, name), "D", True, opts.all)
         elif i >= len(ca) or cb[j][0] < ca[i][0]:
             name, h = cb[j]
             j += 1
-            yield from _only(b, h, _join(path, name), "A", False, opts.all)
+            yield _only(b, h, _join(path, name), "A", False, opts.all)
         else:
             name, h1 = ca[i]
             _, h2 = cb[j]
@@ -284,8 +302,8 @@ def _diff_dir(a: Source, ha: object, b: Source, hb: object, path: bytes, shared:
             if what:
                 yield Change("C", p, ma, mb, what)
             if ma.type == "d" and mb.type == "d":
-                yield from _diff_dir(a, h1, b, h2, p, shared, opts)
+                yield _diff_dir(a, h1, b, h2, p, shared, opts)
             elif opts.all and ma.type == "d":
-                yield from _below(a, h1, p, "D", True)
+                yield _below(a, h1, p, "D", True)
             elif opts.all and mb.type == "d":
-                yield from _below(b, h2, p, "A", False)
+                yield _below(b, h2, p, "A", False)

@@ -56,10 +56,13 @@ def _join(parent: bytes, name: bytes) -> bytes:
 
 
 def _paths(node: Node, path: bytes) -> Iterator[bytes]:
-    """The paths of a subtree, itself included."""
-    yield path
-    for name, child in (node.children or {}).items():
-        yield from _paths(child, _join(path, name))
+    """The paths of a subtree, itself included, parents first (a stack, not
+    recursion: trees may be deeper than Python's recursion limit)."""
+    stack = [(node, path)]
+    while stack:
+        node, path = stack.pop()
+        yield path
+        stack.extend((child, _join(path, name)) for name, child in reversed((node.children or {}).items()))
 
 
 def _history(image: Image) -> list[str]:

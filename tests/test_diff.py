@@ -571,6 +571,19 @@ def test_archive_at_layer_out_of_range(idiff: Differ, hist: Path, n: str) -> Non
     assert "--layer" not in msg  # diff has no such option
 
 
+def test_trees_deeper_than_the_recursion_limit(idiff: Differ, tmp_path: Path) -> None:
+    """Paths may have 1,000 components; the walk is a loop, and an error would be
+    exit 2 with one line, not a traceback and exit 1 ("different")."""
+    deep = "/".join(["d"] * 990)
+    b.write_docker_archive(str(tmp_path / "a.tar"), [[b.file(f"{deep}/f", b"1")]])
+    b.write_docker_archive(str(tmp_path / "b.tar"), [[b.file(f"{deep}/f", b"22")]])
+    (tmp_path / "empty").mkdir()
+    r = idiff(tmp_path / "a.tar", tmp_path / "b.tar")
+    assert (r.returncode, r.stderr) == (1, "") and [parse(x)[:2] for x in lines(r)] == [("C", f"/{deep}/f")]
+    r = idiff("--all", tmp_path / "a.tar", tmp_path / "empty")
+    assert (r.returncode, r.stderr) == (1, "") and len(lines(r)) == 991
+
+
 def test_archive_named_with_at_sign(idiff: Differ, hist: Path, tmp_path: Path) -> None:
     """An existing file whose name has an '@' is that archive, not a layer selector."""
     odd = tmp_path / "img@2"

@@ -186,6 +186,14 @@ def test_a_path_is_deleted_once(imagefs_bin: list[str], cache: Path, tmp_path: P
     assert rows[1]["deleted"] == deleted
 
 
+def test_a_tree_deeper_than_the_recursion_limit(imagefs_bin: list[str], cache: Path, tmp_path: Path) -> None:
+    """Paths may have 1,000 components: walking what an opaque directory hides is a loop."""
+    deep = "/".join(["d"] * 990)
+    b.write_docker_archive(str(tmp_path / "x.tar"), [[b.file(f"{deep}/f", b"1")], [b.opaque("d")]])
+    rows, _ = layers_json(imagefs_bin, cache, tmp_path / "x.tar")
+    assert rows[1]["deleted"] == 989 + 1  # d's subdirectories and the file; d itself stays
+
+
 def test_hard_link_keeps_the_bytes_of_a_deleted_name(imagefs_bin: list[str], cache: Path, tmp_path: Path) -> None:
     b.write_docker_archive(str(tmp_path / "x.tar"), [[b.file("f", b"f" * 10)], [b.hardlink("h", "f")],
                                                       [b.whiteout("f")]])
