@@ -109,6 +109,11 @@ class Archive:
             raise ImageFormatError(
                 f"{self.path}: the image refers to {name.decode(errors='replace')}, which the archive does not hold"
             )
+        if m.sparse is not None:
+            # Its bytes are not one run in the archive.  No image tool writes these; `tar --sparse`
+            # over a saved image does, and reading it as one run would serve garbage.
+            raise ImageFormatError(f"{self.path}: {name.decode(errors='replace')} is stored as a sparse file, "
+                                   "which imagefs cannot read in place (re-create the archive without --sparse)")
         return Span(self.blob, m.offset, m.size)
 
     def read(self, name: bytes, limit: int = MAX_JSON) -> bytes:

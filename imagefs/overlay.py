@@ -62,10 +62,12 @@ def recorded_owner(target: bytes | int) -> tuple[int, int] | None:
             raw = os.getxattr(target, OWNER_XATTR)
         else:
             raw = os.getxattr(target, OWNER_XATTR, follow_symlinks=False)
-        uid, gid = raw.split(b":")
-        return int(uid), int(gid)
+        uid_s, gid_s = raw.split(b":")
+        uid, gid = int(uid_s), int(gid_s)
     except (OSError, ValueError):
         return None
+    # Anyone who can write DIR can set the xattr: an owner no file can have is none.
+    return (uid, gid) if 0 <= uid <= 0xFFFFFFFF and 0 <= gid <= 0xFFFFFFFF else None
 
 
 def stat_of(st: os.stat_result, owner: tuple[int, int] | None) -> Stat:

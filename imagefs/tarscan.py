@@ -211,13 +211,13 @@ def _pax_mtime(value: bytes, at: int) -> int:
         raise TarFormatError(f"corrupt PAX mtime at byte {at}: {value!r}") from None
 
 
-def _pax_int(value: bytes, key: bytes, at: int) -> int:
+def _pax_int(value: bytes, key: bytes, at: int, negative_ok: bool = False) -> int:
     try:
         n = int(value)
     except ValueError:
         raise TarFormatError(f"corrupt PAX {key.decode('ascii', 'replace')} at byte {at}") from None
-    if n < 0:
-        raise TarFormatError(f"corrupt PAX {key.decode('ascii', 'replace')} at byte {at}: negative size")
+    if n < 0 and not negative_ok:
+        raise TarFormatError(f"corrupt PAX {key.decode('ascii', 'replace')} at byte {at}: negative value")
     return n
 
 
@@ -364,10 +364,10 @@ def scan(
                 linkname = value
             elif key == b"size":
                 size = _pax_int(value, key, pos)
-            elif key == b"uid":
-                uid = _pax_int(value, key, pos)
+            elif key == b"uid":  # an impossible owner is shown as 0:0 below, as in the header's fields
+                uid = _pax_int(value, key, pos, negative_ok=True)
             elif key == b"gid":
-                gid = _pax_int(value, key, pos)
+                gid = _pax_int(value, key, pos, negative_ok=True)
             elif key == b"mtime":
                 mtime_ns = _pax_mtime(value, pos)
             elif key == b"SCHILY.devmajor":

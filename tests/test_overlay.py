@@ -22,7 +22,8 @@ import pytest
 import builder as b
 from imagefs import BuildOptions, ImageTree
 from imagefs.errors import MountError
-from imagefs.overlay import BASE_FILE, TMP_PREFIX, Found, Overlay, base_mismatch, check_overlay_dir
+from imagefs.overlay import (BASE_FILE, OWNER_XATTR, TMP_PREFIX, Found, Overlay, base_mismatch, check_overlay_dir,
+                             recorded_owner)
 
 MTIME_NS = b.MTIME * 10**9
 BIG = bytes(range(256)) * 5000  # 1.25 MB: more than one copy-up chunk
@@ -326,7 +327,6 @@ def test_a_user_who_is_not_root_copies_up_and_the_image_owner_stays(tmp_path: Pa
     """Not root, chown to root fails: the copy stays the user's file, the mount still
     shows root's, and commit writes root's."""
     from imagefs.commit import layer_from_dir
-    from imagefs.overlay import OWNER_XATTR
 
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
 
@@ -376,6 +376,19 @@ def test_dir_is_refused_over_another_layer_or_image(tmp_path: Path) -> None:
                 env.reopen()
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("raw, owner", [(b"0:42", (0, 42)), (b"-5:-5", None), (b"1:4294967296", None),
+                                        (b"1", None), (b"a:b", None), (b"4294967295:0", (4294967295, 0))])
+def test_recorded_owner_is_one_a_file_can_have(tmp_path: Path, raw: bytes, owner: tuple[int, int] | None) -> None:
+    """Whoever can write DIR can set the xattr; commit must not write an owner no tar reader takes."""
+    f = tmp_path / "f"
+    f.write_bytes(b"")
+    try:
+        os.setxattr(f, OWNER_XATTR, raw)
+    except OSError as e:
+        pytest.skip(f"no user xattrs here: {e.strerror}")
+    assert recorded_owner(os.fsencode(f)) == owner
 
 
 @pytest.mark.parametrize("made, layers, why", [
