@@ -21,11 +21,15 @@ several dirents with one inode number.
 
 from __future__ import annotations
 
+import array
+import bisect
+import itertools
 import json
 import mmap
 import os
 import stat
 import struct
+import sys
 from typing import Any, Callable, Iterator, NamedTuple
 
 from .errors import IndexCacheError
@@ -39,7 +43,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the build
     _indexfast = None
 
-__all__ = ["FORMAT_VERSION", "Attr", "Index", "meta_fits", "temp_path", "write_index"]
+__all__ = ["FORMAT_VERSION", "Attr", "Index", "SparseMap", "meta_fits", "temp_path", "write_index"]
 
 MAGIC = b"IMGFSIDX"
 FORMAT_VERSION = 3
@@ -189,6 +193,25 @@ def temp_path(path: str, pid: int) -> str:
     return f"{path}.{pid}.tmp"
 
 
+class SparseMap:
+    """A sparse file's chunks of data, in file order (tarscan refuses overlaps):
+    ``offsets[i]``, ``lengths[i]``, and ``starts[i]``, where chunk i's bytes start
+    in what the archive stores; ``stored`` is their sum.  Arrays, not tuples:
+    a hostile map has hundreds of thousands of chunks."""
+
+    __slots__ = ("offsets", "lengths", "starts", "stored")
+
+    def __init__(self, flat: array.array[int]) -> None:
+        self.offsets = flat[0::2]
+        self.lengths = flat[1::2]
+        self.starts = array.array("Q", itertools.accumulate(self.lengths, initial=0))
+        self.stored = self.starts.pop()
+
+    def first_at(self, offset: int) -> int:
+        """The index of the first chunk that may hold bytes at ``offset`` or after it."""
+        return max(bisect.bisect_right(self.offsets, offset) - 1, 0)
+
+
 def meta_fits(meta: Any) -> bool:
     """Whether a meta read back from a cached index has the shape its readers
     (`ImageTree`, the overlay, `diff`) take for granted."""
@@ -334,12 +357,15 @@ class Index:
     def readlink(self, ino: int) -> bytes:
         return self._extra(self.record(ino))
 
-    def sparse_map(self, ino: int) -> list[tuple[int, int]] | None:
+    def sparse_map(self, ino: int) -> SparseMap | None:
         r = self.record(ino)
         if not stat.S_ISREG(r[R_MODE]) or r[R_EXTRA_LEN] == 0:
             return None
-        raw = self._extra(r)
-        return [_SPARSE.unpack_from(raw, i) for i in range(1, len(raw), _SPARSE.size)]
+        flat = array.array("Q")
+        flat.frombytes(self._extra(r)[1:])  # after _SPARSE_MARK: _SPARSE pairs, little-endian
+        if sys.byteorder != "little":
+            flat.byteswap()
+        return SparseMap(flat)
 
     def xattrs(self, ino: int) -> dict[bytes, bytes]:
         r = self.record(ino)

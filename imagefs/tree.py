@@ -22,10 +22,12 @@ from .blobs import Blob, FileBlob, Span
 from .build import BuildOptions, open_index
 from .errors import ArchiveError
 from .index import (R_EXTRA_LEN, R_GID, R_MODE, R_MTIME, R_NLINK, R_RDEV, R_SIZE, R_UID, ROOT_INO, Attr,
-                    Index)
+                    Index, SparseMap)
 from .progress import Progress
 
 __all__ = ["ImageTree", "Stat"]
+
+_SPARSE_MAPS_KEPT = 32  # decoded sparse maps kept (by inode): the files being read now
 
 # The size a directory reports (as most file systems do; it is not image content).
 DIR_SIZE = 4096
@@ -51,6 +53,7 @@ class ImageTree:
 
     def __init__(self, index: Index) -> None:
         self.index = index
+        self._sparse_maps: dict[int, SparseMap] = {}
         meta = index.meta
         path = meta["archive"]["path"]
         self.archive = FileBlob(path)
@@ -107,7 +110,8 @@ class ImageTree:
         if fmt == stat.S_IFREG:
             size = r[R_SIZE]
             # A regular file's extra is its sparse map; holes are not stored.
-            stored = size if r[R_EXTRA_LEN] == 0 else sum(n for _o, n in self.index.sparse_map(ino) or ())
+            sparse = self._sparse_map(ino) if r[R_EXTRA_LEN] else None
+            stored = size if sparse is None else sparse.stored
             blocks = (stored + 511) // 512
         elif fmt == stat.S_IFDIR:
             size, blocks = DIR_SIZE, DIR_SIZE // 512
@@ -164,7 +168,7 @@ class ImageTree:
         if offset >= a.size or size <= 0:
             return b""
         size = min(size, a.size - offset)
-        sparse = self.index.sparse_map(ino)
+        sparse = self._sparse_map(ino)
         if sparse is not None:
             data = self._read_sparse(a, sparse, offset, size)
         else:
@@ -177,16 +181,30 @@ class ImageTree:
             raise OSError(errno.EIO, f"{self.index.meta['archive']['path']} changed since it was mounted")
         return data
 
-    def _read_sparse(self, a: Attr, chunks: list[tuple[int, int]], offset: int, size: int) -> bytes:
+    def _sparse_map(self, ino: int) -> SparseMap | None:
+        """The sparse map of ``ino``, decoded once while it is in use: a read of
+        128 KiB must not walk a map of 200,000 chunks from its start."""
+        found = self._sparse_maps.get(ino)
+        if found is None:
+            found = self.index.sparse_map(ino)
+            if found is None:
+                return None
+            if len(self._sparse_maps) >= _SPARSE_MAPS_KEPT:
+                self._sparse_maps.pop(next(iter(self._sparse_maps)))
+            self._sparse_maps[ino] = found
+        return found
+
+    def _read_sparse(self, a: Attr, sparse: SparseMap, offset: int, size: int) -> bytes:
         out = bytearray(size)
-        stored = 0  # where each chunk's bytes start in the member's data
         end = offset + size
-        for chunk_off, chunk_len in chunks:
-            lo, hi = max(offset, chunk_off), min(end, chunk_off + chunk_len)
+        for i in range(sparse.first_at(offset), len(sparse.offsets)):
+            chunk_off = sparse.offsets[i]
+            if chunk_off >= end:
+                break
+            lo, hi = max(offset, chunk_off), min(end, chunk_off + sparse.lengths[i])
             if lo < hi:
-                data = self.layers[a.layer].pread(hi - lo, a.data_offset + stored + lo - chunk_off)
+                data = self.layers[a.layer].pread(hi - lo, a.data_offset + sparse.starts[i] + lo - chunk_off)
                 if len(data) != hi - lo:
                     raise OSError(errno.EIO, "archive data is missing (truncated or changed archive?)")
                 out[lo - offset:hi - offset] = data
-            stored += chunk_len
         return bytes(out)
