@@ -249,7 +249,10 @@ def index_cmd(archive: str, layer: int | None, image: str | None, cache_dir: str
     index, tmp = open_index(archive, opts, _progress(quiet))
     try:
         n = len(index.meta["layers"])
-        where = "not kept (--no-cache)" if tmp is not None else printable(index.path)
+        if tmp is None:
+            where = printable(index.path)
+        else:  # open_index warned why the cache could not be used
+            where = "not kept (--no-cache)" if no_cache else "not kept (the cache directory is not usable)"
         click.echo(f"{printable(archive)}: {index.n_inodes} inodes, {index.meta['members']} members in {n} "
                    f"layer{'s' if n != 1 else ''}; index {where}")
     finally:

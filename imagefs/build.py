@@ -193,10 +193,10 @@ class _Builder:
             stream = blobs.open_stream(span, compression, f"{self.path}: layer {i + 1}", state)
             members = self._members(i, ref, span, stream, compression)
             self.members += len(members)
+            if i == upto - 1 and self.progress is not None:
+                self.progress.phase(f"merging {self.members} members")
             yield image, LayerInfo(i, ref, span, compression, state), members
             self.done += span.length or 0
-        if self.progress is not None:
-            self.progress.finish()
 
     def build(self, dest: str) -> None:
         archive = Archive(self.path, self.outer_state)
@@ -206,6 +206,8 @@ class _Builder:
             for _image, info, members in self.layers(archive):
                 apply_layer(root, info.index, members, log.warning)
                 layer_meta.append(info.as_meta())
+            if self.progress is not None:
+                self.progress.phase(f"writing the index of {self.members} members")
             image = self.image  # set by layers(), also for an image without layers
             assert image is not None
             meta = {
@@ -223,6 +225,8 @@ class _Builder:
                 raise IndexCacheError(f"cannot write index {dest}: {e.strerror or e}") from None
         finally:
             archive.close()
+            if self.progress is not None:
+                self.progress.finish()
 
 
 @contextlib.contextmanager
@@ -337,9 +341,11 @@ def scan_layers(archive_path: str, opts: BuildOptions,
     """Each layer of the chosen image with its members (from the layer cache when it can)."""
     state_dir = os.path.abspath(opts.cache_dir or cache.default_cache_dir()) if opts.use_cache else None
     if state_dir:
-        try:
-            os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        except OSError:
+        try:  # blob_state keeps its files in blobs/ below
+            os.makedirs(os.path.join(state_dir, "blobs"), mode=0o700, exist_ok=True)
+        except OSError as e:
+            log.warning("cache directory %s is not usable (%s); reading the layers without it", state_dir,
+                        e.strerror or e)
             state_dir = None
     builder = _Builder(archive_path, opts, progress, state_dir)
     archive = Archive(archive_path, builder.outer_state)
@@ -347,3 +353,5 @@ def scan_layers(archive_path: str, opts: BuildOptions,
         yield from builder.layers(archive)
     finally:
         archive.close()
+        if progress is not None:
+            progress.finish()

@@ -295,7 +295,13 @@ class Index:
 
     def record(self, ino: int) -> tuple[int, ...]:
         """The raw INODE record of ``ino``: for hot paths that need a field or two
-        (`attr` names them all; field order is INODE's)."""
+        (`attr` names them all; field order is INODE's).
+
+        Raises:
+            ValueError: there is no inode ``ino`` (FUSE never asks for one; a caller of the library may).
+        """
+        if not 0 < ino <= self.n_inodes:
+            raise ValueError(f"no inode {ino} (the index has 1..{self.n_inodes})")
         return INODE.unpack_from(self._mm, self._inodes + (ino - 1) * INODE.size)
 
     def readdirplus(self, ino: int, start: int, size: int, timeout: float, blksize: int,

@@ -8,6 +8,7 @@ a terminal and the work has already taken about a second.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import Protocol, TextIO
 
@@ -18,6 +19,9 @@ class Progress(Protocol):
     def start(self, total_bytes: int, what: str) -> None: ...
 
     def update(self, done_bytes: int, members: int) -> None: ...
+
+    def phase(self, what: str) -> None:
+        """The bytes are all read and the work goes on: what it does now (until `finish`)."""
 
     def finish(self) -> None: ...
 
@@ -43,6 +47,10 @@ class TerminalProgress:
         self.t0 = time.monotonic()
         self.last_draw = 0.0
         self.drawn = False
+        # A phase has no updates to draw it: a timer does, once the work has taken `delay`.
+        self._lock = threading.Lock()
+        self._phase: str | None = None
+        self._timer: threading.Timer | None = None
 
     def start(self, total_bytes: int, what: str) -> None:
         self.total = max(total_bytes, 1)
@@ -68,8 +76,34 @@ class TerminalProgress:
         self.stream.flush()
         self.drawn = True
 
-    def finish(self) -> None:
-        if self.drawn:
-            self.stream.write("\r\x1b[K")
+    def phase(self, what: str) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            self._phase = what
+        wait = self.delay - (time.monotonic() - self.t0)
+        if wait <= 0:
+            self._draw_phase()
+            return
+        self._timer = threading.Timer(wait, self._draw_phase)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _draw_phase(self) -> None:
+        with self._lock:
+            if self._phase is None:
+                return  # finished meanwhile
+            self.stream.write(f"\r{self.what}: {self._phase} \x1b[K")
             self.stream.flush()
-            self.drawn = False
+            self.drawn = True
+
+    def finish(self) -> None:
+        with self._lock:
+            self._phase = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self.drawn:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()
+                self.drawn = False

@@ -163,7 +163,10 @@ class ImageTree:
 
         Raises:
             OSError: EIO if the archive no longer holds the bytes the index promised.
+            ValueError: a negative offset, or no inode ``ino``.
         """
+        if offset < 0:
+            raise ValueError(f"negative offset {offset}")  # it would read the bytes before the file's
         a = self.index.attr(ino)
         if offset >= a.size or size <= 0:
             return b""

@@ -1064,6 +1064,24 @@ def test_sparse_map_parsing_is_not_quadratic(budget: Any) -> None:
             list(scan(ft.BytesReader(data), len(data)))
 
 
+def test_the_library_refuses_inodes_and_offsets_that_are_not_there(env: Env) -> None:
+    """FUSE never passes these, a library caller may: a negative offset read the tar
+    header before the file's data, an inode out of range read past the inode table."""
+    tree = ImageTree.open(str(env.docker(entry(b"f", b"data") + EOA)), BuildOptions(use_cache=False))
+    try:
+        ino = tree.resolve(b"f")
+        assert tree.read(ino, 0, 10) == b"data"
+        with pytest.raises(ValueError, match="negative offset"):
+            tree.read(ino, -512, 512)
+        for bad in (0, -1, tree.index.n_inodes + 1, tree.resolve(b"missing")):
+            with pytest.raises(ValueError, match="no inode"):
+                tree.attr(bad)
+            with pytest.raises(ValueError, match="no inode"):
+                tree.read(bad, 0, 10)
+    finally:
+        tree.close()
+
+
 def test_reading_a_sparse_file_of_many_chunks_is_not_quadratic(env: Env, budget: Any) -> None:
     """200,000 one-byte chunks over 64 MiB (a 3 MB archive): each 128 KiB read finds its
     chunks by bisection, and stat does not decode the map again, or `cat` stalls the daemon

@@ -312,6 +312,18 @@ def test_image_choice_in_a_multi_image_archive(imagefs_bin: list[str], cache: Pa
     assert_one_line_error(r)
 
 
+def test_an_unusable_cache_dir_is_a_warning(imagefs_bin: list[str], tmp_path: Path) -> None:
+    b.write_docker_archive(str(tmp_path / "x.tar"), [[b.file("f", b"1")]])
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "blobs").write_bytes(b"")  # where the layer state would go
+    r = run_cli(imagefs_bin, "layers", "--cache-dir", cache, tmp_path / "x.tar")
+    assert r.returncode == 0 and "1 layers" in r.stdout, r.stderr
+    assert "warning: cache directory" in r.stderr and "not usable" in r.stderr
+    r = run_cli(imagefs_bin, "index", "-q", "--cache-dir", cache, tmp_path / "x.tar")
+    assert r.returncode == 0 and r.stdout.endswith("index not kept (the cache directory is not usable)\n"), r
+
+
 def test_missing_archive(imagefs_bin: list[str], cache: Path, tmp_path: Path) -> None:
     r = layers(imagefs_bin, cache, tmp_path / "nope.tar")
     assert "nope.tar" in assert_one_line_error(r)
