@@ -102,7 +102,7 @@ class Archive:
         """Random access to the bytes of member ``name`` (links followed).
 
         Raises:
-            ImageFormatError: no such member, or it is not a regular file.
+            ImageFormatError: no such member, it is not a regular file, or it is stored sparse.
         """
         m = self.resolve(name)
         if m is None or m.kind != stat.S_IFREG:

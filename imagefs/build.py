@@ -25,7 +25,7 @@ from .isolate import in_child
 from .layercache import LayerCache
 from .manifest import Image, LayerRef, read_images, select_image
 from .merge import Node, apply_layer, implicit_dir
-from .progress import Progress
+from .progress import Progress, members_text, phase
 from .tarscan import Member, scan
 
 __all__ = ["BuildOptions", "LayerInfo", "build_index", "open_index", "scan_layers"]
@@ -177,8 +177,9 @@ class _Builder:
             self.layer_cache.store(key, found)
         return found
 
-    def layers(self, archive: Archive) -> Iterator[tuple[Image, LayerInfo, list[Member]]]:
-        """Each used layer of the chosen image, base first, with its members."""
+    def layers(self, archive: Archive, then: str = "merging") -> Iterator[tuple[Image, LayerInfo, list[Member]]]:
+        """Each used layer of the chosen image, base first, with its members.  Once
+        the last is read, the progress says what the caller does with them (``then``)."""
         images = read_images(archive)
         image = select_image(images, self.opts.image, self.path)
         self.image = image
@@ -193,8 +194,8 @@ class _Builder:
             stream = blobs.open_stream(span, compression, f"{self.path}: layer {i + 1}", state)
             members = self._members(i, ref, span, stream, compression)
             self.members += len(members)
-            if i == upto - 1 and self.progress is not None:
-                self.progress.phase(f"merging {self.members} members")
+            if i == upto - 1:
+                phase(self.progress, f"{then} {members_text(self.members)}")
             yield image, LayerInfo(i, ref, span, compression, state), members
             self.done += span.length or 0
 
@@ -206,8 +207,7 @@ class _Builder:
             for _image, info, members in self.layers(archive):
                 apply_layer(root, info.index, members, log.warning)
                 layer_meta.append(info.as_meta())
-            if self.progress is not None:
-                self.progress.phase(f"writing the index of {self.members} members")
+            phase(self.progress, f"writing the index of {members_text(self.members)}")
             image = self.image  # set by layers(), also for an image without layers
             assert image is not None
             meta = {
@@ -336,9 +336,10 @@ def open_index(archive_path: str, opts: BuildOptions, progress: Progress | None 
         raise
 
 
-def scan_layers(archive_path: str, opts: BuildOptions,
-                progress: Progress | None = None) -> Iterator[tuple[Image, LayerInfo, list[Member]]]:
-    """Each layer of the chosen image with its members (from the layer cache when it can)."""
+def scan_layers(archive_path: str, opts: BuildOptions, progress: Progress | None = None,
+                then: str = "replaying") -> Iterator[tuple[Image, LayerInfo, list[Member]]]:
+    """Each layer of the chosen image with its members (from the layer cache when it can);
+    ``then`` is what the caller does with them, for the progress."""
     state_dir = os.path.abspath(opts.cache_dir or cache.default_cache_dir()) if opts.use_cache else None
     if state_dir:
         try:  # blob_state keeps its files in blobs/ below
@@ -350,7 +351,7 @@ def scan_layers(archive_path: str, opts: BuildOptions,
     builder = _Builder(archive_path, opts, progress, state_dir)
     archive = Archive(archive_path, builder.outer_state)
     try:
-        yield from builder.layers(archive)
+        yield from builder.layers(archive, then)
     finally:
         archive.close()
         if progress is not None:

@@ -6,8 +6,12 @@
     ├── ImageFormatError         a tar that is not a container image, or a broken manifest
     │   └── IntegrityError       a layer's bytes do not match its digest (--verify)
     ├── ImageSelectError         --image names nothing, or several images and no --image
+    │   └── LayerOutOfRange      --layer N (or ARCHIVE@N) is not a layer of the image
     ├── IndexCacheError          the persistent index cannot be read or written
+    ├── IndexingCrashed          the process building an index died or hit a bug
     └── MountError               the mountpoint or FUSE itself is the problem
+
+`printable` makes any text one safe line: messages, and what the CLI prints.
 
 The CLI turns any of these into ``imagefs: <message>`` on stderr and exit status 1;
 the FUSE layer turns them into an errno.
@@ -23,8 +27,10 @@ __all__ = [
     "IndexCacheError",
     "IndexingCrashed",
     "IntegrityError",
+    "LayerOutOfRange",
     "MountError",
     "TarFormatError",
+    "printable",
 ]
 
 

@@ -175,8 +175,9 @@ class GzipBlob:
                     st.pos += len(st.buf)
                     st.buf.clear()
         except (zlib.error, EOFError):
-            # Not a clean stream (cut short, or corrupt): indexed_gzip says what
-            # is wrong with it, and serves it from now on.
+            # Not a clean stream (cut short, or corrupt; the first mount's check_gzip
+            # refuses such a layer, so the archive changed or the check was skipped):
+            # indexed_gzip serves it from now on, as it built the seek points.
             self._stream = None
             self._imported = False
             return None

@@ -215,10 +215,15 @@ class SparseMap:
 def meta_fits(meta: Any) -> bool:
     """Whether a meta read back from a cached index has the shape its readers
     (`ImageTree`, the overlay, `diff`) take for granted."""
+    def is_int(v: Any) -> bool:
+        return type(v) is int  # not bool
+
     if not (isinstance(meta, dict) and isinstance(meta.get("archive"), dict) and isinstance(meta.get("image"), dict)
-            and isinstance(meta.get("outer_compression"), str) and isinstance(meta.get("layers"), list)):
+            and isinstance(meta.get("outer_compression"), str) and isinstance(meta.get("layers"), list)
+            and is_int(meta.get("members")) and is_int(meta.get("inodes_with_xattrs"))
+            and isinstance(meta["image"].get("id"), str) and is_int(meta["image"].get("layers_total"))):
         return False
-    return all(isinstance(layer, dict) and type(layer.get("base")) is int and type(layer.get("length")) is int
+    return all(isinstance(layer, dict) and is_int(layer.get("base")) and is_int(layer.get("length"))
                and isinstance(layer.get("compression"), str) for layer in meta["layers"])
 
 
@@ -367,8 +372,9 @@ class Index:
         r = self.record(ino)
         if not stat.S_ISREG(r[R_MODE]) or r[R_EXTRA_LEN] == 0:
             return None
+        raw = self._extra(r)[1:]  # after _SPARSE_MARK: _SPARSE pairs, little-endian
         flat = array.array("Q")
-        flat.frombytes(self._extra(r)[1:])  # after _SPARSE_MARK: _SPARSE pairs, little-endian
+        flat.frombytes(raw[:len(raw) // _SPARSE.size * _SPARSE.size])  # whole pairs, even in a damaged index
         if sys.byteorder != "little":
             flat.byteswap()
         return SparseMap(flat)

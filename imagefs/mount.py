@@ -493,20 +493,29 @@ def spawn_daemon(request: dict[str, object], mountpoint: str, log_file: str | No
     # The pipe closed or timed out.  A daemon that died closes it a moment before its
     # exit status can be collected; one that said why it failed is on its way out.
     status = wait_exit(pid, 0 if text else 2)
-    if status is None:
-        os.kill(pid, signal.SIGTERM)
-        status = wait_exit(pid, 5)
-        if status is None:  # stuck (in the kernel, or ignoring SIGTERM): no daemon is left behind
-            os.kill(pid, signal.SIGKILL)
-            status = os.waitpid(pid, 0)[1]
-        if not text:
-            _clear(mountpoint)
-            raise MountError(f"the imagefs daemon did not become ready within {READY_TIMEOUT:.0f}s")
+    stopped = status is None
+    if stopped:
+        status = _stop(pid)
     _clear(mountpoint)
     if text.startswith("error: "):
         raise MountError(text[len("error: "):])
-    raise MountError(f"the imagefs daemon exited with status {os.waitstatus_to_exitcode(status)} before the "
-                     "mount was ready")
+    if stopped and not text:
+        raise MountError(f"the imagefs daemon did not become ready within {READY_TIMEOUT:.0f}s")
+    how = (f"exited with status {os.waitstatus_to_exitcode(status)}" if status is not None
+           else f"(pid {pid}) stopped answering")
+    raise MountError(f"the imagefs daemon {how} before the mount was ready")
+
+
+def _stop(pid: int) -> int | None:
+    """End a daemon that failed to start: SIGTERM, then SIGKILL.  Its wait status, or
+    None if it still has not exited (in uninterruptible sleep, SIGKILL takes effect only
+    when that ends): the CLI must not hang on it."""
+    os.kill(pid, signal.SIGTERM)
+    status = wait_exit(pid, 5)
+    if status is None:
+        os.kill(pid, signal.SIGKILL)
+        status = wait_exit(pid, 5)
+    return status
 
 
 def _clear(mountpoint: str) -> None:

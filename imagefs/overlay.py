@@ -128,7 +128,7 @@ def base_mismatch(made: dict[str, object], image_id: str, layers_total: int, lay
     if made.get("image") != image_id:
         return f"holds changes to image {made.get('image')}, not to {image_id} (choose it with --image)"
     n = made.get("layers")
-    if not isinstance(n, int) or not 1 <= n <= layers_total or made.get("layers_total") != layers_total:
+    if type(n) is not int or not 1 <= n <= layers_total or made.get("layers_total") != layers_total:
         return (f"has a record of the layers it was made over ({n!r} of {made.get('layers_total')!r}) that does "
                 "not fit the image")
     if layers is not None and n != layers:
@@ -236,10 +236,10 @@ class Overlay:
         base = {"image": meta["image"]["id"], "layers": len(meta["layers"]),
                 "layers_total": meta["image"]["layers_total"]}
         made = read_base(os.fsdecode(self.top))
-        if made is not None and made != base and set(os.listdir(self.top)) != {BASE_FILE}:
-            why = base_mismatch(made, base["image"], base["layers_total"], base["layers"])
+        why = base_mismatch(made, base["image"], base["layers_total"], base["layers"]) if made is not None else None
+        if why is not None and set(os.listdir(self.top)) != {BASE_FILE}:
             raise MountError(f"{os.fsdecode(self.top)} {why}")
-        if made != base:
+        if made != base:  # new, moved to another tree while empty, or a record with more than imagefs writes
             tmp = self._tmp_name(b"")
             with open(tmp, "w") as f:
                 json.dump(base, f)

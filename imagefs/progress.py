@@ -12,18 +12,31 @@ import threading
 import time
 from typing import Protocol, TextIO
 
-__all__ = ["Progress", "TerminalProgress", "human_size"]
+__all__ = ["Progress", "TerminalProgress", "human_size", "members_text", "phase"]
 
 
 class Progress(Protocol):
+    """What the library reports to.  It may also have ``phase(what: str)``, called
+    when the bytes are all read and the work goes on (merging, writing the index)
+    with what it does now, until `finish`; `phase` calls it where it exists."""
+
     def start(self, total_bytes: int, what: str) -> None: ...
 
     def update(self, done_bytes: int, members: int) -> None: ...
 
-    def phase(self, what: str) -> None:
-        """The bytes are all read and the work goes on: what it does now (until `finish`)."""
-
     def finish(self) -> None: ...
+
+
+def phase(progress: Progress | None, what: str) -> None:
+    """Tell ``progress`` what the work does now, if it listens for that (an optional
+    hook: a Progress written before it existed keeps working)."""
+    hook = getattr(progress, "phase", None)
+    if hook is not None:
+        hook(what)
+
+
+def members_text(n: int) -> str:
+    return f"{n} member{'' if n == 1 else 's'}"
 
 
 def human_size(n: float) -> str:
@@ -71,7 +84,7 @@ class TerminalProgress:
         bar = "#" * int(frac * 24)
         self.stream.write(
             f"\r{self.what}: [{bar:<24}] {frac * 100:5.1f}% {human_size(done_bytes)}/{human_size(self.total)} "
-            f"{members} members {human_size(rate)}/s {left:4.0f}s left \x1b[K"
+            f"{members_text(members)} {human_size(rate)}/s {left:4.0f}s left \x1b[K"
         )
         self.stream.flush()
         self.drawn = True

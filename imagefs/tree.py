@@ -27,7 +27,9 @@ from .progress import Progress
 
 __all__ = ["ImageTree", "Stat"]
 
-_SPARSE_MAPS_KEPT = 32  # decoded sparse maps kept (by inode): the files being read now
+# Chunks of decoded sparse maps kept (24 bytes each): real maps have a few chunks,
+# a hostile one millions; the one in use is kept whatever its size.
+_SPARSE_CHUNKS_KEPT = 1 << 20
 
 # The size a directory reports (as most file systems do; it is not image content).
 DIR_SIZE = 4096
@@ -54,6 +56,7 @@ class ImageTree:
     def __init__(self, index: Index) -> None:
         self.index = index
         self._sparse_maps: dict[int, SparseMap] = {}
+        self._sparse_chunks = 0
         meta = index.meta
         path = meta["archive"]["path"]
         self.archive = FileBlob(path)
@@ -186,15 +189,18 @@ class ImageTree:
 
     def _sparse_map(self, ino: int) -> SparseMap | None:
         """The sparse map of ``ino``, decoded once while it is in use: a read of
-        128 KiB must not walk a map of 200,000 chunks from its start."""
-        found = self._sparse_maps.get(ino)
+        128 KiB must not walk a map of 200,000 chunks from its start.  The maps
+        used last are kept, up to _SPARSE_CHUNKS_KEPT chunks in all."""
+        found = self._sparse_maps.pop(ino, None)  # re-inserted below: the dict's order is the LRU order
         if found is None:
             found = self.index.sparse_map(ino)
             if found is None:
                 return None
-            if len(self._sparse_maps) >= _SPARSE_MAPS_KEPT:
-                self._sparse_maps.pop(next(iter(self._sparse_maps)))
-            self._sparse_maps[ino] = found
+            self._sparse_chunks += len(found.offsets)
+        self._sparse_maps[ino] = found
+        while self._sparse_chunks > _SPARSE_CHUNKS_KEPT and len(self._sparse_maps) > 1:
+            oldest = next(iter(self._sparse_maps))
+            self._sparse_chunks -= len(self._sparse_maps.pop(oldest).offsets)
         return found
 
     def _read_sparse(self, a: Attr, sparse: SparseMap, offset: int, size: int) -> bytes:

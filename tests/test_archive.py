@@ -87,8 +87,9 @@ def test_directory(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["fifo", "device"])
 def test_not_a_regular_file(tmp_path: Path, kind: str) -> None:
-    """A FIFO is refused at once (opening it would wait for a writer forever); a
-    device's size is no st_size, and the cache could not see it rewritten."""
+    """A FIFO is refused at once (opening it would wait for a writer forever); so is a
+    device (here a character device; block devices, which imagefs once took, have no
+    st_size and the cache could not see one rewritten: the same rule refuses them)."""
     if kind == "fifo":
         path = tmp_path / "pipe.tar"
         os.mkfifo(path)

@@ -59,6 +59,9 @@ DAMAGE: dict[str, Callable[[Path], None]] = {
     "meta without layers": lambda p: _with_meta(p, {k: v for k, v in _meta_of(p).items() if k != "layers"}),
     "meta with a bad layer": lambda p: _with_meta(p, {**_meta_of(p), "layers": [{"base": "0"}]}),
     "meta nested too deep": lambda p: _with_meta(p, json.loads("[" * 500 + "]" * 500)),
+    "meta image without id": lambda p: _with_meta(p, {**_meta_of(p), "image": {"layers_total": 1}}),
+    "meta without members": lambda p: _with_meta(p, {k: v for k, v in _meta_of(p).items() if k != "members"}),
+    "meta xattr count not a number": lambda p: _with_meta(p, {**_meta_of(p), "inodes_with_xattrs": "x"}),
     "meta not json": lambda p: p.write_bytes(p.read_bytes()[:-1] + b"{"),
 }
 

@@ -370,6 +370,13 @@ def test_dir_is_refused_over_another_layer_or_image(tmp_path: Path) -> None:
         env.trees.append(tree2)
         with pytest.raises(MountError, match="holds changes to image sha256:"):
             Overlay(tree2, str(env.scratch))
+        # A record that fits but holds more than imagefs writes (a newer version's, or
+        # hand-edited) is no refusal: it is rewritten.
+        env.reopen()
+        record = json.loads((env.scratch / BASE_FILE.decode()).read_text())
+        (env.scratch / BASE_FILE.decode()).write_text(json.dumps({**record, "note": "x"}))
+        env.reopen()
+        assert json.loads((env.scratch / BASE_FILE.decode()).read_text()) == record
         for junk in ("not json", "[" * 100_000 + "]" * 100_000):
             (env.scratch / BASE_FILE.decode()).write_text(junk)
             with pytest.raises(MountError, match="unreadable"):
