@@ -34,7 +34,6 @@ import itertools
 import json
 import logging
 import os
-import shutil
 import stat
 from dataclasses import dataclass
 from typing import Iterator
@@ -135,6 +134,31 @@ def base_mismatch(made: dict[str, object], image_id: str, layers_total: int, lay
         how = "without --layer" if n == layers_total else f"with --layer {n}"
         return f"holds changes made over layer {n} of {layers_total}: mount it {how}"
     return None
+
+
+def _remove_tree(path: bytes, ignore_errors: bool = False) -> None:
+    """Remove ``path`` and all below it.  Not shutil.rmtree, which in Python 3.11
+    recurses once per level: a tree in DIR may be 2,000 directories deep (PATH_MAX)."""
+    stack = [(path, False)]
+    while stack:
+        p, emptied = stack.pop()
+        try:
+            if emptied:
+                os.rmdir(p)
+                continue
+            if not stat.S_ISDIR(os.lstat(p).st_mode):
+                os.unlink(p)
+                continue
+            stack.append((p, True))
+            with os.scandir(p) as it:
+                for e in it:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append((e.path, False))
+                    else:
+                        os.unlink(e.path)
+        except OSError:
+            if not ignore_errors:
+                raise
 
 
 def _whiteout_fits(name: bytes) -> bool:
@@ -259,14 +283,14 @@ class Overlay:
             return None
 
     def _clean_temporaries(self) -> None:
-        for dirpath, dirnames, filenames in os.walk(self.top):
-            for name in dirnames + filenames:
-                if name.startswith(TMP_PREFIX):
-                    full = os.path.join(dirpath, name)
-                    if os.path.isdir(full) and not os.path.islink(full):
-                        shutil.rmtree(full, ignore_errors=True)
-                    else:
-                        os.unlink(full)
+        stack = [self.top]
+        while stack:
+            with os.scandir(stack.pop()) as it:
+                for e in it:
+                    if e.name.startswith(TMP_PREFIX):
+                        _remove_tree(e.path, ignore_errors=True)
+                    elif e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
 
     # -- lookups ---------------------------------------------------------------
 
@@ -419,7 +443,7 @@ class Overlay:
             os.utime(parent_up, ns=(pst.st_atime_ns, pst.st_mtime_ns))
         except BaseException:
             if os.path.isdir(tmp) and not os.path.islink(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
+                _remove_tree(tmp, ignore_errors=True)
             elif os.path.lexists(tmp):
                 os.unlink(tmp)
             raise
@@ -535,7 +559,7 @@ class Overlay:
             os.chmod(tmp, stat.S_IMODE(mode))
             os.rename(tmp, self.up(path))
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove_tree(tmp, ignore_errors=True)
             raise
         self._drop_whiteout(parent, name)
         return Found(path, 0, True)
@@ -582,7 +606,7 @@ class Overlay:
         if f.upper:
             p = self.up(f.path)
             if stat.S_ISDIR(os.lstat(p).st_mode):
-                shutil.rmtree(p)
+                _remove_tree(p)
             else:
                 os.unlink(p)
 
@@ -647,7 +671,7 @@ class Overlay:
         os.rename(self.up(src.path), self.up(target))
         self._drop_whiteout(dp, dname)
         if aside is not None:
-            shutil.rmtree(aside)
+            _remove_tree(aside)
         return Found(target, 0, True)
 
     def setattr(self, f: Found, mode: int | None = None, uid: int | None = None, gid: int | None = None,

@@ -385,6 +385,43 @@ def test_dir_is_refused_over_another_layer_or_image(tmp_path: Path) -> None:
         env.close()
 
 
+def _deep(top: Path, depth: int) -> bytes:
+    """``a/a/.../a`` ``depth`` levels below ``top``, made with relative steps (the whole
+    path is longer than a path a single call may name)."""
+    fd = os.open(top, os.O_RDONLY)
+    try:
+        for _ in range(depth):
+            os.mkdir("a", dir_fd=fd)
+            nxt = os.open("a", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    finally:
+        os.close(fd)
+    return b"/".join([b"a"] * depth)
+
+
+def test_a_dir_deeper_than_the_recursion_limit_remounts(tmp_path: Path) -> None:
+    """Python 3.11's os.walk and shutil.rmtree recurse once per level; DIR may be 2,000
+    levels deep (within PATH_MAX), and a remount clears temporaries all through it."""
+    from imagefs.overlay import _remove_tree
+
+    env = Env(tmp_path)
+    try:
+        deep = _deep(env.scratch, 1100)
+        os.mkdir(os.fsencode(env.scratch) + b"/" + deep[:2000] + b"/" + TMP_PREFIX + b"x")
+        leftover = os.fsencode(env.scratch) + b"/" + TMP_PREFIX + b"aside"
+        os.mkdir(leftover)
+        _deep(Path(os.fsdecode(leftover)), 1100)
+        env.reopen()
+        assert not os.path.lexists(leftover)
+        assert not os.path.lexists(os.fsencode(env.scratch) + b"/" + deep[:2000] + b"/" + TMP_PREFIX + b"x")
+        assert env.ov.resolve(deep) is not None
+        _remove_tree(os.fsencode(env.scratch / "a"))
+        assert not (env.scratch / "a").exists()
+    finally:
+        env.close()
+
+
 @pytest.mark.parametrize("raw, owner", [(b"0:42", (0, 42)), (b"-5:-5", None), (b"1:4294967296", None),
                                         (b"1", None), (b"a:b", None), (b"4294967295:0", (4294967295, 0))])
 def test_recorded_owner_is_one_a_file_can_have(tmp_path: Path, raw: bytes, owner: tuple[int, int] | None) -> None:
