@@ -212,10 +212,12 @@ def _serve(pyfuse3: Any, ops: ReadOnlyOperations | OverlayOperations, mountpoint
             raise MountError(f"cannot mount {mountpoint}: {said[-1] if said else error}")
         run = _Run(on_ready)
         try:
-            # The read-only handlers never suspend, so with the patched pyfuse3
-            # they run without trio's event loop and its ~100 us per request.
-            if not opts.overlay and hasattr(pyfuse3, "imagefs_serve"):
-                _serve_without_loop(pyfuse3, mountpoint, run, held)
+            # No handler suspends (the read-only ones answer from memory and the page
+            # cache, the overlay's call the file system under DIR and wait for it),
+            # so with the patched pyfuse3 they run without trio's event loop and its
+            # ~100 us per request.
+            if hasattr(pyfuse3, "imagefs_serve"):
+                _serve_without_loop(pyfuse3, mountpoint, run, held, widen_readahead=not opts.overlay)
             else:
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
                 _serve_with_trio(pyfuse3, mountpoint, not opts.overlay, run)
@@ -284,7 +286,8 @@ def _stderr_captured() -> Iterator[list[str]]:
             os.write(2, data)
 
 
-def _serve_without_loop(pyfuse3: Any, mountpoint: str, run: _Run, unblocked: set[signal.Signals]) -> None:
+def _serve_without_loop(pyfuse3: Any, mountpoint: str, run: _Run, unblocked: set[signal.Signals],
+                        widen_readahead: bool) -> None:
     # Signals reach the loop through the wakeup fd, which the C-level handler
     # writes whichever thread the signal lands on and whatever the loop is
     # doing; relying on EINTR alone loses a signal that arrives between two reads.
@@ -294,7 +297,7 @@ def _serve_without_loop(pyfuse3: Any, mountpoint: str, run: _Run, unblocked: set
 
     def announce() -> None:
         try:
-            go_live(mountpoint, widen_readahead=True)
+            go_live(mountpoint, widen_readahead)
         except OSError as e:
             with run.lock:
                 run.problem = e.strerror or str(e)
