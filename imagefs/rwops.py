@@ -22,8 +22,9 @@ from typing import Any, Callable
 
 import pyfuse3
 
-from .fuseops import _errno_boundary, entry_attributes
+from .fuseops import BLKSIZE, _errno_boundary, entry_attributes
 from .overlay import Found, Overlay, Stat
+from .tree import DIR_SIZE
 
 __all__ = ["OverlayOperations"]
 
@@ -39,6 +40,21 @@ class _Handle:
     ino: int
     found: Found
     fd: int  # -1: reads go to the image (until the file is copied up)
+
+
+@dataclass(slots=True)
+class _Dir:
+    """An open directory: a snapshot of its entries, or None for a directory only the
+    image has, which the index lists (in C, `imagefs_readdirplus`) as the read-only
+    mount does: nothing in DIR can change what it holds but a copy-up of the directory."""
+
+    found: Found
+    entries: list[tuple[bytes, Found]] | None
+
+
+# Names of image inodes by directory, for finding an inode the kernel learned from an
+# index listing again (`_image_entry`): directories scanned last, this many names in all.
+_NAMES_KEPT = 1 << 18
 
 
 class OverlayOperations(pyfuse3.Operations):
@@ -60,7 +76,9 @@ class OverlayOperations(pyfuse3.Operations):
         self.claimed: set[int] = set()  # image inodes that now stand for a file in DIR (or are gone)
         self.next_ino = itertools.count(overlay.lower.index.n_inodes + 1)
         self.handles: dict[int, _Handle] = {}
-        self.dirs: dict[int, list[tuple[bytes, Found]]] = {}
+        self.dirs: dict[int, _Dir] = {}
+        self._names: dict[int, dict[int, bytes]] = {}
+        self._names_count = 0
         self.next_fh = itertools.count(1)
 
     # -- inode numbers ---------------------------------------------------------
@@ -135,8 +153,49 @@ class OverlayOperations(pyfuse3.Operations):
     def _found(self, ino: int) -> Found:
         f = self.paths.get(ino)
         if f is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            f = self._image_entry(ino)
+            if f is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            self._remember(ino, f)
+            return f
         return self.ov.refresh(f)
+
+    def _image_entry(self, ino: int) -> Found | None:
+        """Image inode ``ino`` at its place in the image, if the mount still shows it
+        there: the kernel learns entries from index listings, which remember nothing.
+        Found from the nearest directory this knows, down (image directories never
+        move; one that was copied up, removed or covered no longer shows ``ino``)."""
+        index = self.ov.lower.index
+        chain: list[tuple[int, bytes]] = []  # (inode, name) from ino up to a known directory
+        cur = ino
+        while cur not in self.paths:
+            if not 1 < cur <= index.n_inodes or cur in self.claimed or len(chain) > 4096:
+                return None
+            parent = index.attr(cur).parent
+            name = self._names_in(parent).get(cur)
+            if name is None:
+                return None
+            chain.append((cur, name))
+            cur = parent
+        f: Found | None = self.ov.refresh(self.paths[cur])
+        for child, name in reversed(chain):
+            assert f is not None
+            f = self.ov.step(f, name)
+            if f is None or f.lower != child or (f.upper and not self.ov.is_dir(f)):
+                return None
+            if child != ino:
+                self._remember(child, f)  # a directory on the way
+        return f
+
+    def _names_in(self, parent: int) -> dict[int, bytes]:
+        names = self._names.pop(parent, None)  # re-inserted: the dict's order is the LRU order
+        if names is None:
+            names = {child: name for _pos, name, child in self.ov.lower.index.entries(parent)}
+            self._names_count += len(names)
+        self._names[parent] = names
+        while self._names_count > _NAMES_KEPT and len(self._names) > 1:
+            self._names_count -= len(self._names.pop(next(iter(self._names))))
+        return names
 
     def _entry(self, ino: int, st: Stat) -> pyfuse3.EntryAttributes:
         return entry_attributes(ino, st, RW_TIMEOUT)
@@ -186,14 +245,32 @@ class OverlayOperations(pyfuse3.Operations):
         if not self.ov.is_dir(f):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         fh = next(self.next_fh)
-        # A snapshot: positions stay valid however the directory changes meanwhile.
-        parent = self.ov.resolve(f.path.rpartition(b"/")[0]) if f.path else f
-        self.dirs[fh] = [(b".", f), (b"..", parent or f)] + list(self.ov.listdir(f))
+        self.dirs[fh] = _Dir(f, None if f.lower and not f.upper else self._snapshot(f))
         return fh
+
+    def _snapshot(self, f: Found) -> list[tuple[bytes, Found]]:
+        """The entries of ``f``, "." and ".." first: positions stay valid however the
+        directory changes meanwhile.  Positions are the index listing's (entry i of the
+        image is i + 2), so either may answer the next part of a listing."""
+        parent = self.ov.resolve(f.path.rpartition(b"/")[0]) if f.path else f
+        return [(b".", f), (b"..", parent or f)] + list(self.ov.listdir(f))
+
+    def imagefs_readdirplus(self, fh: int, start_id: int, size: int) -> bytes | None:
+        """A directory only the image has, listed from the index in C (pyfuse3 patch
+        level 7), as the read-only mount lists it; None: readdir answers."""
+        d = self.dirs.get(fh)
+        if d is None or d.entries is not None:
+            return None
+        return self.ov.lower.index.readdirplus(d.found.lower, start_id, size, RW_TIMEOUT, BLKSIZE, DIR_SIZE)
 
     @_errno_boundary
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        entries = self.dirs.get(fh, [])
+        d = self.dirs.get(fh)
+        if d is None:
+            return
+        if d.entries is None:  # a pyfuse3 without imagefs_readdirplus
+            d.entries = self._snapshot(d.found)
+        entries = d.entries
         for pos in range(start_id, len(entries)):
             name, f = entries[pos]
             try:
@@ -266,9 +343,10 @@ class OverlayOperations(pyfuse3.Operations):
 
     @_errno_boundary
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        entries = self.dirs.get(fh)
-        if entries and entries[0][1].upper:
-            fd = os.open(self.ov.up(entries[0][1].path), os.O_RDONLY | os.O_DIRECTORY)
+        d = self.dirs.get(fh)
+        f = self.ov.refresh(d.found) if d is not None else None
+        if f is not None and f.upper:
+            fd = os.open(self.ov.up(f.path), os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(fd)
             finally:

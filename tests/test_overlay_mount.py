@@ -197,6 +197,16 @@ SEQUENCES: list[tuple[str, list[str], dict]] = [
     ("link_then_unlink_the_new_name", ["py:link_then_unlink"], {}),
     ("fstat_of_unlinked_open_file", ["py:fstat_unlinked"], {}),
     ("rename_recreated_dir", ["py:rename_recreated_dir"], {}),
+    # Image directories are listed from the index in C, which remembers nothing: once the
+    # kernel's attributes expire (1 s), it asks for those inodes by number.
+    ("listed_entries_after_the_timeout", [
+        "sh:ls -la usr/share/doc usr/share/doc/pkg1 etc > /dev/null && sleep 1.2"
+        " && stat -c '%n %F %a %s %h' usr/share/doc/* usr/share/doc/pkg1/* etc/*",
+        "sh:cd usr/share/doc/pkg1 && sleep 1.2 && \"$PY\" -c 'import os; print(os.getcwd().split(\"/\")[-3:])'"
+        " && wc -c < README",
+        "sh:ls etc > /dev/null && sleep 1.2 && echo x >> etc/conf && rm etc/single && stat -c '%n %s' etc/conf"
+        " && stat etc/single 2>&1 | sed 's/.*: //'",
+    ], {}),
     ("parent_mtime_after_copy_up", [
         "sh:chmod 600 usr/share/doc/pkg1/README && echo >> etc/conf && sleep 1.1",  # past the attr timeout
         "sh:stat -c '%n %Y' usr usr/share usr/share/doc usr/share/doc/pkg1",
