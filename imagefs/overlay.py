@@ -309,12 +309,32 @@ class Overlay:
         if up is None and not lower:
             return None
         if up is not None and lower:
+            up_dir = stat.S_ISDIR(up.st_mode)
             lower_dir = stat.S_ISDIR(self.lower.attr(lower).mode)
-            if not (stat.S_ISDIR(up.st_mode) and lower_dir):
-                # A non-directory covers the image entry; a directory over a file replaces it.
-                # Kept only for inode numbering of copied-up files (see rwops).
-                lower = lower if not lower_dir and not stat.S_ISDIR(up.st_mode) else 0
+            if up_dir and lower_dir:
+                # A merged directory, unless it was made anew where the image's was deleted
+                # (opaque): that one shows nothing of the image, nor is it its inode.
+                if os.path.lexists(self.up(path) + b"/" + OPAQUE):
+                    lower = 0
+            elif up_dir or lower_dir:
+                lower = 0  # a directory over a file, or the reverse, replaces it
+            # else a file over an image file: kept for the inode number of a copy (see
+            # rwops and replaces_image_file).
         return Found(path, lower, up is not None)
+
+    def replaces_image_file(self, f: Found) -> bool:
+        """Whether DIR's file ``f``, over image file ``f.lower``, is a new file rather
+        than that file's copy.  A copy-up gives every visible name of a hard-linked
+        image file the copy, so a name that still shows the image file means ``f``
+        replaced its own (the image is scanned for the names: once per link group)."""
+        if self.lower.attr(f.lower).nlink <= 1:
+            return False
+        for path in self._names_of(f.lower):
+            if path != f.path:
+                other = self.resolve(path)
+                if other is not None and not other.upper and other.lower == f.lower:
+                    return True
+        return False
 
     def _hides_lower(self, parent: bytes, name: bytes) -> bool:
         d = self.up(parent)
@@ -533,20 +553,47 @@ class Overlay:
         fd = os.open(self.up(parent.path) + b"/" + WHITEOUT_PREFIX + name, os.O_WRONLY | os.O_CREAT, 0)
         os.close(fd)
 
+    def _new_group(self, parent: Found, gid: int) -> tuple[int, bool]:
+        """The group of a new entry in ``parent`` (made by group ``gid``), and whether a
+        new directory there is set-group-ID: a set-group-ID directory passes on its
+        group, and to directories the bit, as every Linux file system does (the owner
+        is set here, so the host file system's own rule is overridden)."""
+        st = self.stat(parent)
+        return (st.gid, True) if st.mode & stat.S_ISGID else (gid, False)
+
+    def _chown_new(self, path: bytes, uid: int, gid: int, own_gid: int) -> None:
+        """Give a new entry its owner.  Not root, a set-group-ID directory's group may be
+        one the user is not in, which the host refuses: the entry keeps the user's own."""
+        try:
+            os.chown(path, uid, gid, follow_symlinks=False)
+        except PermissionError:
+            if not self.rootless or gid == own_gid:
+                raise
+            os.chown(path, uid, own_gid, follow_symlinks=False)
+
     def create(self, parent: Found, name: bytes, mode: int, flags: int, uid: int, gid: int) -> tuple[int, Found]:
         """Create and open a regular file; returns the descriptor and the entry."""
         parent = self._parent_for_new(parent, name)
+        own_gid = gid
+        gid, _ = self._new_group(parent, gid)
         path = _join(parent.path, name)
         fd = os.open(self.up(path), (flags | os.O_CREAT | os.O_EXCL) & ~(os.O_NOFOLLOW | _O_DIRECT), stat.S_IMODE(mode))
         try:
             os.fchown(fd, uid, gid)
         except OSError:
-            pass
+            try:
+                os.fchown(fd, uid, own_gid)
+            except OSError:
+                pass
         self._drop_whiteout(parent, name)
         return fd, Found(path, 0, True)
 
     def mkdir(self, parent: Found, name: bytes, mode: int, uid: int, gid: int) -> Found:
         parent = self._parent_for_new(parent, name)
+        own_gid = gid
+        gid, setgid = self._new_group(parent, gid)
+        if setgid:
+            mode |= stat.S_ISGID
         path = _join(parent.path, name)
         tmp = self._tmp_name(parent.path)
         os.mkdir(tmp, 0o700)
@@ -555,7 +602,7 @@ class Overlay:
                 # The image had something here that was deleted: the new directory must not
                 # show the image's old contents.
                 os.close(os.open(tmp + b"/" + OPAQUE, os.O_WRONLY | os.O_CREAT, 0o644))
-            os.chown(tmp, uid, gid)
+            self._chown_new(tmp, uid, gid, own_gid)
             os.chmod(tmp, stat.S_IMODE(mode))
             os.rename(tmp, self.up(path))
         except BaseException:
@@ -566,17 +613,21 @@ class Overlay:
 
     def symlink(self, parent: Found, name: bytes, target: bytes, uid: int, gid: int) -> Found:
         parent = self._parent_for_new(parent, name)
+        own_gid = gid
+        gid, _ = self._new_group(parent, gid)
         path = _join(parent.path, name)
         os.symlink(target, self.up(path))
-        os.chown(self.up(path), uid, gid, follow_symlinks=False)
+        self._chown_new(self.up(path), uid, gid, own_gid)
         self._drop_whiteout(parent, name)
         return Found(path, 0, True)
 
     def mknod(self, parent: Found, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Found:
         parent = self._parent_for_new(parent, name)
+        own_gid = gid
+        gid, _ = self._new_group(parent, gid)
         path = _join(parent.path, name)
         os.mknod(self.up(path), mode, rdev)
-        os.chown(self.up(path), uid, gid, follow_symlinks=False)
+        self._chown_new(self.up(path), uid, gid, own_gid)
         self._drop_whiteout(parent, name)
         return Found(path, 0, True)
 

@@ -31,6 +31,7 @@ __all__ = ["OverlayOperations"]
 log = logging.getLogger(__name__)
 
 RW_TIMEOUT = 1.0
+_ACL_XATTRS = (b"system.posix_acl_access", b"system.posix_acl_default")
 _RENAME_NOREPLACE = getattr(pyfuse3, "RENAME_NOREPLACE", 1)
 _RENAME_EXCHANGE = getattr(pyfuse3, "RENAME_EXCHANGE", 2)
 
@@ -99,7 +100,8 @@ class OverlayOperations(pyfuse3.Operations):
             return f.lower
         ino = self.by_upper.get(st.st_ino)
         if ino is None:
-            if f.lower and (stat.S_ISDIR(st.st_mode) or f.lower not in self.claimed):
+            if f.lower and (stat.S_ISDIR(st.st_mode)
+                            or (f.lower not in self.claimed and not self.ov.replaces_image_file(f))):
                 ino = f.lower  # a merged directory, or the copy of an image file
             else:
                 ino = next(self.next_ino)
@@ -452,6 +454,11 @@ class OverlayOperations(pyfuse3.Operations):
 
     @_errno_boundary
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        if name in _ACL_XATTRS:
+            # Setting an access ACL changes the mode, which the kernel keeps cached
+            # (FUSE tells it nothing), so stat would show the old one for a second.
+            # Refused, cp -a and tar fall back to chmod, as on a file system without ACLs.
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         f = self._found(inode)
         was_upper = f.upper
         f = self.ov.setxattr(f, name, value)

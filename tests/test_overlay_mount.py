@@ -207,6 +207,22 @@ SEQUENCES: list[tuple[str, list[str], dict]] = [
         "sh:ls etc > /dev/null && sleep 1.2 && echo x >> etc/conf && rm etc/single && stat -c '%n %s' etc/conf"
         " && stat etc/single 2>&1 | sed 's/.*: //'",
     ], {}),
+    ("setgid_directory", [
+        "sh:chgrp 50 var/log && chmod g+s var/log && touch var/log/f && mkdir var/log/d && ln -s f var/log/l"
+        " && mkfifo var/log/p && stat -c '%n %a %g' var/log/f var/log/d var/log/p && stat -c '%n %g' var/log/l",
+        "sh:mkdir var/log/d/deeper && stat -c '%n %a %g' var/log/d/deeper",
+    ], {}),
+    ("cp_a_mode_at_once", [
+        "sh:cp -a etc/conf conf2 && stat -c '%n %a %u %g' conf2 && cp -a var/lib/state state2"
+        " && stat -c '%n %a' state2 state2/db",
+    ], {}),
+    ("recreated_dir_keeps_its_inode", [
+        "sh:rm -rf usr/share/doc && mkdir usr/share/doc && a=$(stat -c %i usr/share/doc) && sleep 1.2"
+        " && b=$(stat -c %i usr/share/doc) && [ \"$a\" = \"$b\" ] && echo same",
+        "sh:cd usr/share/doc && sleep 1.2 && \"$PY\" -c 'import os; print(os.getcwd().split(\"/\")[-2:])'",
+        "sh:rm -rf var/cache && mkdir -p n/cache && mv n/cache var/cache && a=$(stat -c %i var/cache) && sleep 1.2"
+        " && b=$(stat -c %i var/cache) && [ \"$a\" = \"$b\" ] && echo same",
+    ], {}),
     ("parent_mtime_after_copy_up", [
         "sh:chmod 600 usr/share/doc/pkg1/README && echo >> etc/conf && sleep 1.1",  # past the attr timeout
         "sh:stat -c '%n %Y' usr usr/share usr/share/doc usr/share/doc/pkg1",
@@ -491,6 +507,47 @@ try:
 except OSError as e:
     print("stopped", e.errno, flush=True)
 """
+
+
+def test_a_replaced_name_of_an_image_hard_link_is_its_own_inode_after_a_remount(mounted: Mounter,
+                                                                                 tmp_path: Path) -> None:
+    """A new file renamed over one name of a hard-linked image file is not the image
+    file's copy: after a remount it must not take the image inode's number (the kernel
+    then took the two names for one file: reads of one gave the other's bytes and writes
+    went to the wrong file)."""
+    archive = tmp_path / "hl.tar"
+    b.write_docker_archive(str(archive), [[b.file("a", b"image content\n"), b.hardlink("b", "a"),
+                                           b.file("c", b"c\n"), b.hardlink("d", "c")]])
+    scratch = tmp_path / "scratch"
+    m = mounted(archive, "--overlay", str(scratch))
+    (m.mountpoint / "new").write_bytes(b"replacement\n")
+    os.rename(m.mountpoint / "new", m.mountpoint / "b")
+    with open(m.mountpoint / "d", "ab") as f:  # a copy-up: c and d stay one file
+        f.write(b"more\n")
+    mp = m.mountpoint
+    assert mounted.run("umount", mp).returncode == 0
+    assert wait_until(lambda: not processes_for(mp), timeout=TIMEOUT), "the daemon did not exit"
+    mounted(archive, "--overlay", str(scratch), mountpoint=mp)
+    assert (mp / "a").read_bytes() == b"image content\n" and (mp / "b").read_bytes() == b"replacement\n"
+    assert os.stat(mp / "a").st_ino != os.stat(mp / "b").st_ino
+    assert (os.stat(mp / "a").st_nlink, os.stat(mp / "b").st_nlink) == (2, 1)
+    assert os.stat(mp / "c").st_ino == os.stat(mp / "d").st_ino and (mp / "c").read_bytes() == b"c\nmore\n"
+    with open(mp / "b", "ab") as f:
+        f.write(b"appended\n")
+    assert (mp / "a").read_bytes() == b"image content\n"
+    assert (scratch / "b").read_bytes() == b"replacement\nappended\n"
+
+
+def test_setting_an_acl_is_refused_so_tools_fall_back_to_chmod(mounted: Mounter, tmp_path: Path) -> None:
+    """An access ACL changes the mode, which FUSE cannot tell the kernel's cache about."""
+    archive = tmp_path / "a.tar"
+    b.write_docker_archive(str(archive), [[b.file("f", b"x", mode=0o640)]])
+    m = mounted(archive, "--overlay", str(tmp_path / "scratch"))
+    acl = bytes.fromhex("02000000" "01000600ffffffff" "04000400ffffffff" "20000000ffffffff")
+    with pytest.raises(OSError) as e:
+        os.setxattr(m.mountpoint / "f", "system.posix_acl_access", acl)
+    assert e.value.errno == errno.EOPNOTSUPP
+    assert stat.S_IMODE(os.stat(m.mountpoint / "f").st_mode) == 0o640
 
 
 def test_sigkill_of_the_daemon_mid_write_loses_nothing_acknowledged(mounted: Mounter, tmp_path: Path) -> None:
