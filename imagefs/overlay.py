@@ -484,7 +484,11 @@ class Overlay:
             parent = self.resolve(parent_path)
             assert parent is not None
             self.copy_up(parent)
+            parent_up = self.up(parent_path)
+            pst = os.lstat(parent_up)
             os.link(self.up(f.path), self.up(path))
+            # Not a change of the directory, as for any copy-up.
+            os.utime(parent_up, ns=(pst.st_atime_ns, pst.st_mtime_ns))
 
     def _names_of(self, ino: int) -> Iterator[bytes]:
         stack = [(ROOT_INO, b"")]

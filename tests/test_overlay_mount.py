@@ -223,6 +223,10 @@ SEQUENCES: list[tuple[str, list[str], dict]] = [
         "sh:rm -rf var/cache && mkdir -p n/cache && mv n/cache var/cache && a=$(stat -c %i var/cache) && sleep 1.2"
         " && b=$(stat -c %i var/cache) && [ \"$a\" = \"$b\" ] && echo same",
     ], {}),
+    ("parent_mtime_after_hard_link_copy_up", [
+        "sh:echo x >> etc/hl-a && sleep 1.1",  # past the attr timeout
+        "sh:stat -c '%n %Y' etc && cat etc/hl-a",
+    ], {}),
     ("parent_mtime_after_copy_up", [
         "sh:chmod 600 usr/share/doc/pkg1/README && echo >> etc/conf && sleep 1.1",  # past the attr timeout
         "sh:stat -c '%n %Y' usr usr/share usr/share/doc usr/share/doc/pkg1",
