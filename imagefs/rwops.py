@@ -23,6 +23,7 @@ from typing import Any, Callable
 import pyfuse3
 
 from .fuseops import BLKSIZE, _errno_boundary, entry_attributes
+from .index import R_MODE, R_NLINK, ROOT_INO
 from .overlay import Found, Overlay, Stat
 from .tree import DIR_SIZE
 
@@ -164,9 +165,11 @@ class OverlayOperations(pyfuse3.Operations):
 
     def _image_entry(self, ino: int) -> Found | None:
         """Image inode ``ino`` at its place in the image, if the mount still shows it
-        there: the kernel learns entries from index listings, which remember nothing.
-        Found from the nearest directory this knows, down (image directories never
-        move; one that was copied up, removed or covered no longer shows ``ino``)."""
+        there: the kernel learns entries from index listings, which remember nothing
+        (and list no hard-linked files, see `_holds_hard_links`, so the place is the
+        only one).  Found from the nearest directory this knows, down: image
+        directories never move, and one that was removed, replaced or covered no
+        longer shows ``ino``."""
         index = self.ov.lower.index
         chain: list[tuple[int, bytes]] = []  # (inode, name) from ino up to a known directory
         cur = ino
@@ -179,7 +182,9 @@ class OverlayOperations(pyfuse3.Operations):
                 return None
             chain.append((cur, name))
             cur = parent
-        f: Found | None = self.ov.refresh(self.paths[cur])
+        f: Found | None = self.ov.resolve(self.paths[cur].path)
+        if f is None or (cur != ROOT_INO and (f.lower != cur or not self.ov.is_dir(f))):
+            return None  # what this knows of that directory is out of date
         for child, name in reversed(chain):
             assert f is not None
             f = self.ov.step(f, name)
@@ -247,8 +252,21 @@ class OverlayOperations(pyfuse3.Operations):
         if not self.ov.is_dir(f):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         fh = next(self.next_fh)
-        self.dirs[fh] = _Dir(f, None if f.lower and not f.upper else self._snapshot(f))
+        from_index = f.lower and not f.upper and not self._holds_hard_links(f.lower)
+        self.dirs[fh] = _Dir(f, None if from_index else self._snapshot(f))
         return fh
+
+    def _holds_hard_links(self, d: int) -> bool:
+        """Whether image directory ``d`` holds a name of a file with several.  Such a
+        directory is listed in Python, which remembers every name it hands out: a
+        hard-linked file must be found again by the name the kernel knows it under,
+        not by the image's first name, which may be deleted or replaced since."""
+        index = self.ov.lower.index
+        for _pos, _name, child in index.entries(d):
+            r = index.record(child)
+            if r[R_NLINK] > 1 and not stat.S_ISDIR(r[R_MODE]):
+                return True
+        return False
 
     def _snapshot(self, f: Found) -> list[tuple[bytes, Found]]:
         """The entries of ``f``, "." and ".." first: positions stay valid however the

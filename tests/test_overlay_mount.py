@@ -542,6 +542,38 @@ def test_a_replaced_name_of_an_image_hard_link_is_its_own_inode_after_a_remount(
     assert (scratch / "b").read_bytes() == b"replacement\nappended\n"
 
 
+def test_a_hard_linked_image_file_is_found_by_the_name_the_kernel_knows(mounted: Mounter, tmp_path: Path) -> None:
+    """a/x and b/y are one image file, whose first name (the index's) is a/x.  With a/x
+    deleted and made anew, b/y must still be the image file: reads and writes by its
+    inode number must not reach the new a/x (nor fail), in the same mount and after a
+    remount."""
+    archive = tmp_path / "hl.tar"
+    b.write_docker_archive(str(archive), [[b.dir("a"), b.file("a/x", b"image\n"), b.dir("b"),
+                                           b.hardlink("b/y", "a/x"), b.file("b/z", b"z\n")]])
+    scratch = tmp_path / "scratch"
+    mp = mounted(archive, "--overlay", str(scratch)).mountpoint
+    os.stat(mp / "a" / "x")
+    os.unlink(mp / "a" / "x")
+    (mp / "a" / "x").write_bytes(b"new\n")
+    assert sorted(os.listdir(mp / "b")) == ["y", "z"]
+    with open(mp / "b" / "y", "ab") as f:
+        f.write(b"appended\n")
+    assert (mp / "a" / "x").read_bytes() == b"new\n"
+    assert (mp / "b" / "y").read_bytes() == b"image\nappended\n"
+    assert mounted.run("umount", mp).returncode == 0
+    assert wait_until(lambda: not processes_for(mp), timeout=TIMEOUT), "the daemon did not exit"
+    (scratch / "a" / "x").unlink()  # now: a/x deleted (a whiteout), b/y the image file
+    (scratch / "a" / ".wh.x").write_bytes(b"")
+    (scratch / "b" / "y").unlink()
+    mounted(archive, "--overlay", str(scratch), mountpoint=mp)
+    assert sorted(os.listdir(mp / "b")) == ["y", "z"]
+    assert not (mp / "a" / "x").exists()
+    assert (mp / "b" / "y").read_bytes() == b"image\n"
+    with open(mp / "b" / "y", "ab") as f:
+        f.write(b"again\n")
+    assert (mp / "b" / "y").read_bytes() == b"image\nagain\n" and not (mp / "a" / "x").exists()
+
+
 def test_setting_an_acl_is_refused_so_tools_fall_back_to_chmod(mounted: Mounter, tmp_path: Path) -> None:
     """An access ACL changes the mode, which FUSE cannot tell the kernel's cache about."""
     archive = tmp_path / "a.tar"
