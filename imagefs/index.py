@@ -368,6 +368,29 @@ class Index:
     def readlink(self, ino: int) -> bytes:
         return self._extra(self.record(ino))
 
+    def dirs_with_hard_links(self) -> frozenset[int]:
+        """The directories that hold a name of a non-directory with several names.
+        One pass over the inode and dirent tables (a few tenths of a second at 300k)."""
+        linked: set[int] = set()
+        starts: list[tuple[int, int]] = []  # (first dirent, directory) of non-empty directories
+        with memoryview(self._mm)[self._inodes:self._inodes + self.n_inodes * INODE.size] as table:
+            for ino, r in enumerate(INODE.iter_unpack(table), 1):
+                if stat.S_ISDIR(r[R_MODE]):
+                    if r[R_COUNT]:
+                        starts.append((r[R_FIRST], ino))
+                elif r[R_NLINK] > 1:
+                    linked.add(ino)
+        if not linked:
+            return frozenset()
+        starts.sort()
+        firsts = [first for first, _d in starts]
+        out = set()
+        with memoryview(self._mm)[self._dirents:self._dirents + self.n_dirents * DIRENT.size] as dirents:
+            for k, (_off, _len, child) in enumerate(DIRENT.iter_unpack(dirents)):
+                if child in linked:
+                    out.add(starts[bisect.bisect_right(firsts, k) - 1][1])
+        return frozenset(out)
+
     def sparse_map(self, ino: int) -> SparseMap | None:
         r = self.record(ino)
         if not stat.S_ISREG(r[R_MODE]) or r[R_EXTRA_LEN] == 0:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import pyfuse3
 
 from .fuseops import BLKSIZE, _errno_boundary, entry_attributes
-from .index import R_MODE, R_NLINK, ROOT_INO
+from .index import ROOT_INO
 from .overlay import Found, Overlay, Stat
 from .tree import DIR_SIZE
 
@@ -81,6 +81,7 @@ class OverlayOperations(pyfuse3.Operations):
         self.dirs: dict[int, _Dir] = {}
         self._names: dict[int, dict[int, bytes]] = {}
         self._names_count = 0
+        self._linked_dirs: frozenset[int] | None = None  # found at the first listing
         self.next_fh = itertools.count(1)
 
     # -- inode numbers ---------------------------------------------------------
@@ -261,12 +262,9 @@ class OverlayOperations(pyfuse3.Operations):
         directory is listed in Python, which remembers every name it hands out: a
         hard-linked file must be found again by the name the kernel knows it under,
         not by the image's first name, which may be deleted or replaced since."""
-        index = self.ov.lower.index
-        for _pos, _name, child in index.entries(d):
-            r = index.record(child)
-            if r[R_NLINK] > 1 and not stat.S_ISDIR(r[R_MODE]):
-                return True
-        return False
+        if self._linked_dirs is None:
+            self._linked_dirs = self.ov.lower.index.dirs_with_hard_links()
+        return d in self._linked_dirs
 
     def _snapshot(self, f: Found) -> list[tuple[bytes, Found]]:
         """The entries of ``f``, "." and ".." first: positions stay valid however the

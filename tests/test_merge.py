@@ -521,3 +521,22 @@ def test_c_index_writer_refuses_what_struct_refuses(index_writer: str) -> None:
         index._indexfast.layout(root, index._encode_extras)
     with pytest.raises(struct.error):
         index._layout(root, index._encode_extras)
+
+
+@pytest.mark.parametrize("layers, want", [
+    ([[dir("a"), file("a/x", b"1"), dir("b"), hardlink("b/y", "a/x"), dir("c"), file("c/z", b"z"), dir("e"),
+       dir("a/sub"), hardlink("a/sub/w", "a/x")]], ["a", "a/sub", "b"]),
+    ([[dir("a"), file("a/x", b"1"), dir("b"), file("b/y", b"2"), dir("e")]], []),  # none
+    # a link whose other name a later layer deleted: one name left, no directory holds a link
+    ([[dir("a"), file("a/x", b"1"), dir("b"), hardlink("b/y", "a/x")], [whiteout("b/y")]], []),
+    ([[file("x", b"1"), hardlink("y", "x"), dir("e")]], [""]),  # the root
+])
+def test_dirs_with_hard_links(tmp_path: object, layers: list[list[Entry]], want: list[str]) -> None:
+    """What the overlay mount lists in Python rather than from the index (rwops._holds_hard_links)."""
+    path = os.path.join(str(tmp_path), "a.tar")
+    write_docker_archive(path, layers)
+    tree = ImageTree.open(path, BuildOptions(use_cache=False))
+    try:
+        assert tree.index.dirs_with_hard_links() == frozenset(tree.resolve(p.encode()) for p in want)
+    finally:
+        tree.close()
