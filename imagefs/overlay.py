@@ -467,7 +467,7 @@ class Overlay:
             elif os.path.lexists(tmp):
                 os.unlink(tmp)
             raise
-        if stat.S_ISREG(mode) and a.nlink > 1:
+        if not stat.S_ISDIR(mode) and a.nlink > 1:  # symlinks, FIFOs and devices can be linked too
             self._copy_up_hardlinks(f)
         return Found(f.path, f.lower, True)
 
@@ -486,7 +486,7 @@ class Overlay:
             self.copy_up(parent)
             parent_up = self.up(parent_path)
             pst = os.lstat(parent_up)
-            os.link(self.up(f.path), self.up(path))
+            os.link(self.up(f.path), self.up(path), follow_symlinks=False)
             # Not a change of the directory, as for any copy-up.
             os.utime(parent_up, ns=(pst.st_atime_ns, pst.st_mtime_ns))
 

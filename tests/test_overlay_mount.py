@@ -574,6 +574,20 @@ def test_a_hard_linked_image_file_is_found_by_the_name_the_kernel_knows(mounted:
     assert (mp / "b" / "y").read_bytes() == b"image\nagain\n" and not (mp / "a" / "x").exists()
 
 
+def test_hard_linked_symlinks_and_fifos_stay_one_inode_through_a_copy_up(mounted: Mounter, tmp_path: Path) -> None:
+    archive = tmp_path / "hl.tar"
+    b.write_docker_archive(str(archive), [[b.symlink("s", "target"), b.hardlink("t", "s"),
+                                           b.fifo("p"), b.hardlink("q", "p")]])
+    mp = mounted(archive, "--overlay", str(tmp_path / "scratch")).mountpoint
+    os.chown(mp / "s", 7, 8, follow_symlinks=False)  # copies s up
+    os.chmod(mp / "p", 0o600)
+    for a, b_ in (("s", "t"), ("p", "q")):
+        sa, sb = os.lstat(mp / a), os.lstat(mp / b_)
+        assert (sa.st_ino, sa.st_nlink) == (sb.st_ino, 2) and sb.st_nlink == 2, (a, b_)
+    assert os.readlink(mp / "t") == "target" and os.lstat(mp / "t").st_uid == 7
+    assert stat.S_IMODE(os.lstat(mp / "q").st_mode) == 0o600
+
+
 def test_setting_an_acl_is_refused_so_tools_fall_back_to_chmod(mounted: Mounter, tmp_path: Path) -> None:
     """An access ACL changes the mode, which FUSE cannot tell the kernel's cache about."""
     archive = tmp_path / "a.tar"
