@@ -140,6 +140,11 @@ class OverlayOperations(pyfuse3.Operations):
                         self.paths[ino] = alt
                         break
                     names.discard(other)
+                else:
+                    # No name left: the number must not stand for whatever is made at the
+                    # path next (nor follow it through a rename).  An open file answers
+                    # through its handle.
+                    self.paths.pop(ino, None)
 
         return forget
 
@@ -380,6 +385,12 @@ class OverlayOperations(pyfuse3.Operations):
 
     @_errno_boundary
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
+        if inode not in self.paths:  # no name left (or never looked up: then no open copy either)
+            h = self.handles.get(fh) if fh is not None else None
+            if h is None or h.fd < 0:  # fchmod and fchown come without the handle
+                h = next((h for h in self.handles.values() if h.ino == inode and h.fd >= 0), None)
+            if h is not None and h.fd >= 0:
+                return self._setattr_unlinked(inode, h.fd, attr, fields)
         f = self._found(inode)
         size = attr.st_size if fields.update_size else None
         if size is not None and fh is not None and fh in self.handles and self.handles[fh].fd >= 0:
@@ -400,6 +411,24 @@ class OverlayOperations(pyfuse3.Operations):
         if not was_upper:
             self._claim(inode, f)
         return self._entry(inode, self.ov.stat(f))
+
+    def _setattr_unlinked(self, inode: int, fd: int, attr: Any, fields: Any) -> pyfuse3.EntryAttributes:
+        """setattr of an open file whose last name is gone (ftruncate, fchmod): on its descriptor."""
+        if fields.update_size:
+            os.ftruncate(fd, attr.st_size)
+        if fields.update_mode:
+            os.fchmod(fd, stat.S_IMODE(attr.st_mode))
+        if fields.update_uid or fields.update_gid:
+            os.fchown(fd, attr.st_uid if fields.update_uid else -1, attr.st_gid if fields.update_gid else -1)
+        if fields.update_atime or fields.update_mtime:
+            st = os.fstat(fd)
+            now = pyfuse3_now_ns()
+            atime = (now if getattr(fields, "update_atime_now", False) else attr.st_atime_ns) \
+                if fields.update_atime else st.st_atime_ns
+            mtime = (now if getattr(fields, "update_mtime_now", False) else attr.st_mtime_ns) \
+                if fields.update_mtime else st.st_mtime_ns
+            os.utime(fd, ns=(atime, mtime))
+        return self._entry(inode, self.ov.stat_fd(fd))
 
     @_errno_boundary
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:

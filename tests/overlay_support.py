@@ -618,6 +618,17 @@ def step_fstat_unlinked() -> Any:
     os.unlink("scratchfile")
     r["new"] = _try(lambda: [os.fstat(fd).st_size, os.fstat(fd).st_nlink, oct(os.fstat(fd).st_mode)])
     os.close(fd)
+    # setattr through the descriptor of a file with no name left, then a new file at its old path
+    fd = os.open("scratchfile", os.O_CREAT | os.O_RDWR, 0o600)
+    os.write(fd, b"data")
+    os.unlink("scratchfile")
+    r["ftruncate"] = _try(lambda: (os.ftruncate(fd, 2), os.fstat(fd).st_size)[1])
+    r["fchmod"] = _try(lambda: (os.fchmod(fd, 0o640), oct(os.fstat(fd).st_mode))[1])
+    with open("scratchfile", "wb") as g:
+        g.write(b"another file")
+    r["old_fd_after_a_new_file"] = _try(lambda: [os.fstat(fd).st_size, os.pread(fd, 20, 0).decode()])
+    os.close(fd)
+    r["new_file"] = _read("scratchfile")
     fd = os.open("etc/hostname", os.O_RDWR | os.O_APPEND)
     os.write(fd, b"appended\n")
     os.unlink("etc/hostname")
