@@ -23,7 +23,7 @@ from typing import Any, Callable
 import pyfuse3
 
 from .fuseops import BLKSIZE, _errno_boundary, entry_attributes
-from .index import ROOT_INO
+from .index import R_MODE, R_NLINK, ROOT_INO
 from .overlay import Found, Overlay, Stat
 from .tree import DIR_SIZE
 
@@ -90,11 +90,27 @@ class OverlayOperations(pyfuse3.Operations):
         self.paths[ino] = f
         self.names.setdefault(ino, set()).add(f.path)
 
+    def _keeps_name(self, ino: int) -> bool:
+        """Whether image inode ``ino`` must be remembered by name when handed out: a
+        directory, or a file with several names.  Any other image file is found again
+        from the image's parent links when asked for (`_image_entry`) and answers
+        getattr and xattr requests from the index, so browsing a big image through
+        the overlay does not make the daemon grow with every file it shows."""
+        r = self.ov.lower.index.record(ino)
+        return stat.S_ISDIR(r[R_MODE]) or r[R_NLINK] > 1
+
+    def _untouched_image_file(self, ino: int) -> bool:
+        """Whether ``ino`` is an image file of one name that nothing in the overlay has
+        touched: not copied up, moved or removed (each of those remembers or claims it)."""
+        return (ino not in self.paths and 1 < ino <= self.ov.lower.index.n_inodes and ino not in self.claimed
+                and not self._keeps_name(ino))
+
     def _ino(self, f: Found) -> int:
         if f.path == b"":
             return pyfuse3.ROOT_INODE
         if not f.upper:
-            self._remember(f.lower, f)
+            if self._keeps_name(f.lower):
+                self._remember(f.lower, f)
             return f.lower
         st = os.lstat(self.ov.up(f.path))
         if f.lower and stat.S_ISDIR(st.st_mode):
@@ -165,7 +181,8 @@ class OverlayOperations(pyfuse3.Operations):
             f = self._image_entry(ino)
             if f is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
-            self._remember(ino, f)
+            if self._keeps_name(ino):
+                self._remember(ino, f)
             return f
         return self.ov.refresh(f)
 
@@ -245,11 +262,15 @@ class OverlayOperations(pyfuse3.Operations):
             if h.ino == inode and h.fd >= 0:
                 # An open file answers for itself, also once its last name is gone.
                 return self._entry(inode, self.ov.stat_fd(h.fd))
+        if self._untouched_image_file(inode):
+            return self._entry(inode, self.ov.lower.stat(inode))
         f = self._found(inode)
         return self._entry(inode, self.ov.stat(f))
 
     @_errno_boundary
     async def readlink(self, inode: int, ctx: Any) -> bytes:
+        if self._untouched_image_file(inode):
+            return self.ov.lower.readlink(inode)
         return self.ov.readlink(self._found(inode))
 
     @_errno_boundary
@@ -488,14 +509,19 @@ class OverlayOperations(pyfuse3.Operations):
 
     @_errno_boundary
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        value = self.ov.xattrs(self._found(inode)).get(name)
+        value = self._xattrs(inode).get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
 
     @_errno_boundary
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        return list(self.ov.xattrs(self._found(inode)))
+        return list(self._xattrs(inode))
+
+    def _xattrs(self, inode: int) -> dict[bytes, bytes]:
+        if self._untouched_image_file(inode):
+            return self.ov.lower.xattrs(inode)
+        return self.ov.xattrs(self._found(inode))
 
     @_errno_boundary
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
