@@ -264,7 +264,14 @@ class OverlayOperations(pyfuse3.Operations):
                 return self._entry(inode, self.ov.stat_fd(h.fd))
         if self._untouched_image_file(inode):
             return self._entry(inode, self.ov.lower.stat(inode))
-        f = self._found(inode)
+        try:
+            f = self._found(inode)
+        except pyfuse3.FUSEError:
+            for h in self.handles.values():
+                if h.ino == inode and h.found.lower:
+                    # An image file open for reading whose name is gone: it reads on, and so stats.
+                    return self._entry(inode, self.ov.lower.stat(h.found.lower))
+            raise
         return self._entry(inode, self.ov.stat(f))
 
     @_errno_boundary
