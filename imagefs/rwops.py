@@ -102,8 +102,8 @@ class OverlayOperations(pyfuse3.Operations):
     def _untouched_image_file(self, ino: int) -> bool:
         """Whether ``ino`` is an image file of one name that nothing in the overlay has
         touched: not copied up, moved or removed (each of those remembers or claims it)."""
-        return (ino not in self.paths and 1 < ino <= self.ov.lower.index.n_inodes and ino not in self.claimed
-                and not self._keeps_name(ino))
+        return (ino not in self.paths and ino not in self.names and 1 < ino <= self.ov.lower.index.n_inodes
+                and ino not in self.claimed and not self._keeps_name(ino))
 
     def _ino(self, f: Found) -> int:
         if f.path == b"":
@@ -211,7 +211,11 @@ class OverlayOperations(pyfuse3.Operations):
         for child, name in reversed(chain):
             assert f is not None
             f = self.ov.step(f, name)
-            if f is None or f.lower != child or (f.upper and not self.ov.is_dir(f)):
+            if f is None or f.lower != child:
+                return None
+            if f.upper and not self.ov.is_dir(f) and not (child == ino and self._ino(f) == ino):
+                # DIR's file there is another file, unless it is this one's copy (made by
+                # an operation that failed after the copy-up, so nobody registered it)
                 return None
             if child != ino:
                 self._remember(child, f)  # a directory on the way
@@ -267,12 +271,16 @@ class OverlayOperations(pyfuse3.Operations):
         try:
             f = self._found(inode)
         except pyfuse3.FUSEError:
-            for h in self.handles.values():
-                if h.ino == inode and h.found.lower:
-                    # An image file open for reading whose name is gone: it reads on, and so stats.
-                    return self._entry(inode, self.ov.lower.stat(h.found.lower))
-            raise
+            h = self._reading_unlinked(inode)
+            if h is None:
+                raise
+            return self._entry(inode, self.ov.lower.stat(h.found.lower))  # the image's file, as overlayfs shows it
         return self._entry(inode, self.ov.stat(f))
+
+    def _reading_unlinked(self, inode: int) -> _Handle | None:
+        """A handle reading image file ``inode`` whose name is gone: it reads on, and
+        answers for the file (as an open file with a descriptor in DIR does)."""
+        return next((h for h in self.handles.values() if h.ino == inode and h.fd < 0 and h.found.lower), None)
 
     @_errno_boundary
     async def readlink(self, inode: int, ctx: Any) -> bytes:
@@ -528,7 +536,13 @@ class OverlayOperations(pyfuse3.Operations):
     def _xattrs(self, inode: int) -> dict[bytes, bytes]:
         if self._untouched_image_file(inode):
             return self.ov.lower.xattrs(inode)
-        return self.ov.xattrs(self._found(inode))
+        try:
+            return self.ov.xattrs(self._found(inode))
+        except pyfuse3.FUSEError:
+            h = self._reading_unlinked(inode)
+            if h is None:
+                raise
+            return self.ov.lower.xattrs(h.found.lower)
 
     @_errno_boundary
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:

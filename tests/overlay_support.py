@@ -564,12 +564,14 @@ def step_truncate() -> Any:
 
 
 def step_unlink_open() -> Any:
-    r = {}
+    r: dict[str, Any] = {}
     f = open("etc/conf", "rb")
     os.unlink("etc/conf")
     r["image_file_after_unlink"] = [f.read().decode(), os.path.exists("etc/conf")]
     time.sleep(1.1)  # past the attribute timeout: the kernel asks
-    r["fstat_after_unlink"] = _try(lambda: [os.fstat(f.fileno()).st_size, oct(os.fstat(f.fileno()).st_mode)])
+    r["fstat_after_unlink"] = _try(lambda: [os.fstat(f.fileno()).st_size, oct(os.fstat(f.fileno()).st_mode),
+                                             os.fstat(f.fileno()).st_nlink])
+    r["xattrs_after_unlink"] = _try(lambda: sorted(os.listxattr(f.fileno())))
     f.close()
     fd = os.open("etc/hostname", os.O_RDWR)
     os.unlink("etc/hostname")

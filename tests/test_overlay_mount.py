@@ -588,6 +588,31 @@ def test_hard_linked_symlinks_and_fifos_stay_one_inode_through_a_copy_up(mounted
     assert stat.S_IMODE(os.lstat(mp / "q").st_mode) == 0o600
 
 
+def test_a_file_copied_up_by_a_failed_operation_is_still_found_by_number(mounted: Mounter, tmp_path: Path) -> None:
+    """setxattr copies the file up before the host refuses the value: nobody registered
+    the copy, and the kernel, which still knows the file by number, must find it."""
+    archive = tmp_path / "a.tar"
+    b.write_docker_archive(str(archive), [[b.file("f", b"content\n")]])
+    scratch = tmp_path / "scratch"
+    mp = mounted(archive, "--overlay", str(scratch)).mountpoint
+    fd = os.open(mp / "f", os.O_RDONLY)
+    try:
+        try:
+            os.setxattr(mp / "f", "user.big", b"x" * 60000)
+        except OSError as e:
+            refused = e.errno
+        else:
+            pytest.skip("the file system under DIR takes 60 kB xattrs")
+        assert refused in (errno.ENOSPC, errno.E2BIG, errno.ERANGE, errno.EOPNOTSUPP), refused
+        assert (scratch / "f").exists(), "the failed setxattr copied f up"
+        assert os.fstat(fd).st_size == 8 and os.pread(fd, 100, 0) == b"content\n"
+        with open(mp / "f", "ab") as g:  # by the cached entry, by number
+            g.write(b"more\n")
+        assert (mp / "f").read_bytes() == b"content\nmore\n" == (scratch / "f").read_bytes()
+    finally:
+        os.close(fd)
+
+
 def test_setting_an_acl_is_refused_so_tools_fall_back_to_chmod(mounted: Mounter, tmp_path: Path) -> None:
     """An access ACL changes the mode, which FUSE cannot tell the kernel's cache about."""
     archive = tmp_path / "a.tar"
