@@ -284,7 +284,7 @@ def test_commit_is_deterministic_and_ignores_temporaries(base: Path, tmp_path: P
     out1, out2, out3 = tmp_path / "a.tar", tmp_path / "b.tar", tmp_path / "c.tar"
     commit_cli(imagefs_bin, tmp_path / "scratch", base, out1)
     commit_cli(imagefs_bin, tmp_path / "scratch", base, out2)
-    (m1, _c1), (m2, _c2) = read_archive(out1), read_archive(out2)
+    (m1, _), (m2, _) = read_archive(out1), read_archive(out2)
     assert m1[0]["Layers"] == m2[0]["Layers"], "the same DIR must give the same layer bytes"
     assert m1[0]["RepoTags"] == []
     (tmp_path / "scratch" / (ovs.TMP_PREFIX + "1.2")).write_bytes(b"a half-made copy")

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import stat
-import struct
 import subprocess
 import sys
 import tarfile
