@@ -28,6 +28,7 @@ and raise OSError with the errno a POSIX file system would give.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import itertools
@@ -44,7 +45,7 @@ from .paths import OPAQUE, WHITEOUT_PREFIX
 from .tree import ImageTree, Stat
 
 __all__ = ["BASE_FILE", "OWNER_XATTR", "Found", "Overlay", "Stat", "base_mismatch", "check_overlay_dir", "hold",
-           "in_use", "read_base", "recorded_owner"]
+           "in_use", "read_base", "recorded_owner", "set_attrs"]
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,36 @@ def base_mismatch(made: dict[str, object], image_id: str, layers_total: int, lay
         how = "without --layer" if n == layers_total else f"with --layer {n}"
         return f"holds changes made over layer {n} of {layers_total}: mount it {how}"
     return None
+
+
+def set_attrs(target: bytes | int, mode: int | None = None, uid: int | None = None, gid: int | None = None,
+              size: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None) -> None:
+    """chmod, chown, truncate and utime a file in DIR: a path (a symlink is not
+    followed) or an open descriptor (a file whose last name is gone).  None keeps a field."""
+    nofollow = {} if isinstance(target, int) else {"follow_symlinks": False}
+
+    def lstat() -> os.stat_result:
+        return os.fstat(target) if isinstance(target, int) else os.lstat(target)
+
+    if mode is not None and not stat.S_ISLNK(lstat().st_mode):
+        os.chmod(target, stat.S_IMODE(mode))
+    if uid is not None or gid is not None:
+        os.chown(target, -1 if uid is None else uid, -1 if gid is None else gid, **nofollow)
+    if size is not None:
+        os.truncate(target, size)
+    if atime_ns is not None or mtime_ns is not None:
+        st = lstat()
+        os.utime(target, ns=(st.st_atime_ns if atime_ns is None else atime_ns,
+                             st.st_mtime_ns if mtime_ns is None else mtime_ns), **nofollow)
+
+
+@contextlib.contextmanager
+def _times_kept(directory: bytes) -> Iterator[None]:
+    """The block changes ``directory``'s entries, not the directory as the mount shows
+    it (a copy-up): its times are put back once the block has succeeded."""
+    st = os.lstat(directory)
+    yield
+    os.utime(directory, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _remove_tree(path: bytes, ignore_errors: bool = False) -> None:
@@ -431,45 +462,49 @@ class Overlay:
         parent = self.resolve(parent_path)
         assert parent is not None
         self.copy_up(parent)
-        a = self.lower.attr(f.lower)
-        parent_up = self.up(parent_path)
-        pst = os.lstat(parent_up)  # before the temporary name appears in it
         tmp = self._tmp_name(parent_path)
-        mode = a.mode
-        try:
-            if stat.S_ISDIR(mode):
-                os.mkdir(tmp, 0o700)
-            elif stat.S_ISREG(mode):
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                try:
-                    off = 0
-                    while off < a.size:
-                        chunk = self.lower.read(f.lower, off, _CHUNK)
-                        if not chunk:
-                            break
-                        os.pwrite(fd, chunk, off)
-                        off += len(chunk)
-                    os.ftruncate(fd, a.size)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            elif stat.S_ISLNK(mode):
-                os.symlink(self.lower.readlink(f.lower), tmp)
-            else:
-                os.mknod(tmp, mode, a.rdev)
-            self._set_attrs(tmp, mode, a.uid, a.gid, a.mtime_ns, self.lower.xattrs(f.lower))
-            os.rename(tmp, self.up(f.path))
-            # A copy-up is not a change of the parent: keep its times, as overlayfs does.
-            os.utime(parent_up, ns=(pst.st_atime_ns, pst.st_mtime_ns))
-        except BaseException:
-            if os.path.isdir(tmp) and not os.path.islink(tmp):
-                _remove_tree(tmp, ignore_errors=True)
-            elif os.path.lexists(tmp):
-                os.unlink(tmp)
-            raise
-        if not stat.S_ISDIR(mode) and a.nlink > 1:  # symlinks, FIFOs and devices can be linked too
+        # A copy-up is not a change of the parent: keep its times (taken before the
+        # temporary name appears in it), as overlayfs does.
+        with _times_kept(self.up(parent_path)):
+            try:
+                self._copy_of(f.lower, tmp)
+                os.rename(tmp, self.up(f.path))
+            except BaseException:
+                if os.path.isdir(tmp) and not os.path.islink(tmp):
+                    _remove_tree(tmp, ignore_errors=True)
+                elif os.path.lexists(tmp):
+                    os.unlink(tmp)
+                raise
+        a = self.lower.attr(f.lower)
+        if not stat.S_ISDIR(a.mode) and a.nlink > 1:  # symlinks, FIFOs and devices can be linked too
             self._copy_up_hardlinks(f)
         return Found(f.path, f.lower, True)
+
+    def _copy_of(self, ino: int, tmp: bytes) -> None:
+        """Make image inode ``ino`` at ``tmp``: content (synced), mode, owner, times, xattrs."""
+        a = self.lower.attr(ino)
+        mode = a.mode
+        if stat.S_ISDIR(mode):
+            os.mkdir(tmp, 0o700)
+        elif stat.S_ISREG(mode):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                off = 0
+                while off < a.size:
+                    chunk = self.lower.read(ino, off, _CHUNK)
+                    if not chunk:
+                        break
+                    os.pwrite(fd, chunk, off)
+                    off += len(chunk)
+                os.ftruncate(fd, a.size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        elif stat.S_ISLNK(mode):
+            os.symlink(self.lower.readlink(ino), tmp)
+        else:
+            os.mknod(tmp, mode, a.rdev)
+        self._set_attrs(tmp, mode, a.uid, a.gid, a.mtime_ns, self.lower.xattrs(ino))
 
     def _copy_up_hardlinks(self, f: Found) -> None:
         """Give every visible name of a hard-linked image file the copied file, so the
@@ -484,11 +519,8 @@ class Overlay:
             parent = self.resolve(parent_path)
             assert parent is not None
             self.copy_up(parent)
-            parent_up = self.up(parent_path)
-            pst = os.lstat(parent_up)
-            os.link(self.up(f.path), self.up(path), follow_symlinks=False)
-            # Not a change of the directory, as for any copy-up.
-            os.utime(parent_up, ns=(pst.st_atime_ns, pst.st_mtime_ns))
+            with _times_kept(self.up(parent_path)):  # not a change of the directory, as for any copy-up
+                os.link(self.up(f.path), self.up(path), follow_symlinks=False)
 
     def _names_of(self, ino: int) -> Iterator[bytes]:
         stack = [(ROOT_INO, b"")]
@@ -565,37 +597,34 @@ class Overlay:
         st = self.stat(parent)
         return (st.gid, True) if st.mode & stat.S_ISGID else (gid, False)
 
-    def _chown_new(self, path: bytes, uid: int, gid: int, own_gid: int) -> None:
-        """Give a new entry its owner.  Not root, a set-group-ID directory's group may be
-        one the user is not in, which the host refuses: the entry keeps the user's own."""
+    def _chown_new(self, target: bytes | int, uid: int, group: int, gid: int) -> None:
+        """Give a new entry (a path, not followed, or a descriptor) its owner ``uid``
+        and ``group`` (`_new_group`).  Not root, a set-group-ID directory's group may
+        be one the user is not in, which the host refuses: then the maker's ``gid``."""
+        nofollow = {} if isinstance(target, int) else {"follow_symlinks": False}
         try:
-            os.chown(path, uid, gid, follow_symlinks=False)
+            os.chown(target, uid, group, **nofollow)
         except PermissionError:
-            if not self.rootless or gid == own_gid:
+            if not self.rootless or group == gid:
                 raise
-            os.chown(path, uid, own_gid, follow_symlinks=False)
+            os.chown(target, uid, gid, **nofollow)
 
     def create(self, parent: Found, name: bytes, mode: int, flags: int, uid: int, gid: int) -> tuple[int, Found]:
         """Create and open a regular file; returns the descriptor and the entry."""
         parent = self._parent_for_new(parent, name)
-        own_gid = gid
-        gid, _ = self._new_group(parent, gid)
+        group, _ = self._new_group(parent, gid)
         path = _join(parent.path, name)
         fd = os.open(self.up(path), (flags | os.O_CREAT | os.O_EXCL) & ~(os.O_NOFOLLOW | _O_DIRECT), stat.S_IMODE(mode))
         try:
-            os.fchown(fd, uid, gid)
+            self._chown_new(fd, uid, group, gid)
         except OSError:
-            try:
-                os.fchown(fd, uid, own_gid)
-            except OSError:
-                pass
+            pass
         self._drop_whiteout(parent, name)
         return fd, Found(path, 0, True)
 
     def mkdir(self, parent: Found, name: bytes, mode: int, uid: int, gid: int) -> Found:
         parent = self._parent_for_new(parent, name)
-        own_gid = gid
-        gid, setgid = self._new_group(parent, gid)
+        group, setgid = self._new_group(parent, gid)
         if setgid:
             mode |= stat.S_ISGID
         path = _join(parent.path, name)
@@ -606,7 +635,7 @@ class Overlay:
                 # The image had something here that was deleted: the new directory must not
                 # show the image's old contents.
                 os.close(os.open(tmp + b"/" + OPAQUE, os.O_WRONLY | os.O_CREAT, 0o644))
-            self._chown_new(tmp, uid, gid, own_gid)
+            self._chown_new(tmp, uid, group, gid)
             os.chmod(tmp, stat.S_IMODE(mode))
             os.rename(tmp, self.up(path))
         except BaseException:
@@ -617,21 +646,19 @@ class Overlay:
 
     def symlink(self, parent: Found, name: bytes, target: bytes, uid: int, gid: int) -> Found:
         parent = self._parent_for_new(parent, name)
-        own_gid = gid
-        gid, _ = self._new_group(parent, gid)
+        group, _ = self._new_group(parent, gid)
         path = _join(parent.path, name)
         os.symlink(target, self.up(path))
-        self._chown_new(self.up(path), uid, gid, own_gid)
+        self._chown_new(self.up(path), uid, group, gid)
         self._drop_whiteout(parent, name)
         return Found(path, 0, True)
 
     def mknod(self, parent: Found, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Found:
         parent = self._parent_for_new(parent, name)
-        own_gid = gid
-        gid, _ = self._new_group(parent, gid)
+        group, _ = self._new_group(parent, gid)
         path = _join(parent.path, name)
         os.mknod(self.up(path), mode, rdev)
-        self._chown_new(self.up(path), uid, gid, own_gid)
+        self._chown_new(self.up(path), uid, group, gid)
         self._drop_whiteout(parent, name)
         return Found(path, 0, True)
 
@@ -735,17 +762,7 @@ class Overlay:
             # The root's mode and owner are the image's; DIR's own must stay private.
             raise OSError(errno.EPERM, "the root of an overlay mount keeps the image's mode and owner")
         f = self.copy_up(f)
-        p = self.up(f.path)
-        if mode is not None and not stat.S_ISLNK(os.lstat(p).st_mode):
-            os.chmod(p, stat.S_IMODE(mode))
-        if uid is not None or gid is not None:
-            os.chown(p, -1 if uid is None else uid, -1 if gid is None else gid, follow_symlinks=False)
-        if size is not None:
-            os.truncate(p, size)
-        if atime_ns is not None or mtime_ns is not None:
-            st = os.lstat(p)
-            os.utime(p, ns=(st.st_atime_ns if atime_ns is None else atime_ns,
-                            st.st_mtime_ns if mtime_ns is None else mtime_ns), follow_symlinks=False)
+        set_attrs(self.up(f.path), mode, uid, gid, size, atime_ns, mtime_ns)
         return f
 
     def setxattr(self, f: Found, name: bytes, value: bytes) -> Found:

@@ -95,6 +95,8 @@ class TerminalProgress:
         with self._lock:
             self._phase = what
         wait = self.delay - (time.monotonic() - self.t0)
+        if self._timer is not None:
+            self._timer.cancel()  # an earlier phase's, not drawn yet: this one replaces it
         if wait <= 0:
             self._draw_phase()
             return

@@ -24,7 +24,8 @@ import pyfuse3
 
 from .fuseops import BLKSIZE, _errno_boundary, entry_attributes
 from .index import R_MODE, R_NLINK, ROOT_INO
-from .overlay import Found, Overlay, Stat
+from .lru import SizedLRU
+from .overlay import Found, Overlay, Stat, set_attrs
 from .tree import DIR_SIZE
 
 __all__ = ["OverlayOperations"]
@@ -79,8 +80,7 @@ class OverlayOperations(pyfuse3.Operations):
         self.next_ino = itertools.count(overlay.lower.index.n_inodes + 1)
         self.handles: dict[int, _Handle] = {}
         self.dirs: dict[int, _Dir] = {}
-        self._names: dict[int, dict[int, bytes]] = {}
-        self._names_count = 0
+        self._names: SizedLRU[int, dict[int, bytes]] = SizedLRU(_NAMES_KEPT, len)  # see _names_in
         self._linked_dirs: frozenset[int] | None = None  # found at the first listing
         self.next_fh = itertools.count(1)
 
@@ -222,14 +222,12 @@ class OverlayOperations(pyfuse3.Operations):
         return f
 
     def _names_in(self, parent: int) -> dict[int, bytes]:
-        names = self._names.pop(parent, None)  # re-inserted: the dict's order is the LRU order
-        if names is None:
-            names = {child: name for _pos, name, child in self.ov.lower.index.entries(parent)}
-            self._names_count += len(names)
-        self._names[parent] = names
-        while self._names_count > _NAMES_KEPT and len(self._names) > 1:
-            self._names_count -= len(self._names.pop(next(iter(self._names))))
+        names = self._names.get(parent, self._image_names)
+        assert names is not None
         return names
+
+    def _image_names(self, parent: int) -> dict[int, bytes]:
+        return {child: name for _pos, name, child in self.ov.lower.index.entries(parent)}
 
     def _entry(self, ino: int, st: Stat) -> pyfuse3.EntryAttributes:
         return entry_attributes(ino, st, RW_TIMEOUT)
@@ -262,31 +260,35 @@ class OverlayOperations(pyfuse3.Operations):
 
     @_errno_boundary
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        for h in self.handles.values():
-            if h.ino == inode and h.fd >= 0:
-                # An open file answers for itself, also once its last name is gone.
-                return self._entry(inode, self.ov.stat_fd(h.fd))
+        h = self._open_copy(inode)
+        if h is not None:  # an open file answers for itself, also once its last name is gone
+            return self._entry(inode, self.ov.stat_fd(h.fd))
+        src = self._source(inode)
+        return self._entry(inode, self.ov.lower.stat(src) if isinstance(src, int) else self.ov.stat(src))
+
+    def _open_copy(self, inode: int) -> _Handle | None:
+        """A handle with a descriptor on DIR's file of ``inode``."""
+        return next((h for h in self.handles.values() if h.ino == inode and h.fd >= 0), None)
+
+    def _source(self, inode: int) -> Found | int:
+        """What answers stat, readlink and xattr requests for ``inode``: its entry, or
+        the image inode itself, for an image file nothing has touched (answered from
+        the index, see `_keeps_name`) or one read through a handle after its name
+        went (it reads on, and so answers, as kernel overlayfs shows it)."""
         if self._untouched_image_file(inode):
-            return self._entry(inode, self.ov.lower.stat(inode))
+            return inode
         try:
-            f = self._found(inode)
+            return self._found(inode)
         except pyfuse3.FUSEError:
-            h = self._reading_unlinked(inode)
+            h = next((h for h in self.handles.values() if h.ino == inode and h.fd < 0 and h.found.lower), None)
             if h is None:
                 raise
-            return self._entry(inode, self.ov.lower.stat(h.found.lower))  # the image's file, as overlayfs shows it
-        return self._entry(inode, self.ov.stat(f))
-
-    def _reading_unlinked(self, inode: int) -> _Handle | None:
-        """A handle reading image file ``inode`` whose name is gone: it reads on, and
-        answers for the file (as an open file with a descriptor in DIR does)."""
-        return next((h for h in self.handles.values() if h.ino == inode and h.fd < 0 and h.found.lower), None)
+            return h.found.lower
 
     @_errno_boundary
     async def readlink(self, inode: int, ctx: Any) -> bytes:
-        if self._untouched_image_file(inode):
-            return self.ov.lower.readlink(inode)
-        return self.ov.readlink(self._found(inode))
+        src = self._source(inode)
+        return self.ov.lower.readlink(src) if isinstance(src, int) else self.ov.readlink(src)
 
     @_errno_boundary
     async def opendir(self, inode: int, ctx: Any) -> int:
@@ -421,50 +423,32 @@ class OverlayOperations(pyfuse3.Operations):
 
     @_errno_boundary
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
+        now = pyfuse3_now_ns()
+        wanted = {
+            "mode": attr.st_mode if fields.update_mode else None,
+            "uid": attr.st_uid if fields.update_uid else None,
+            "gid": attr.st_gid if fields.update_gid else None,
+            "size": attr.st_size if fields.update_size else None,
+            "atime_ns": (now if getattr(fields, "update_atime_now", False) else attr.st_atime_ns)
+            if fields.update_atime else None,
+            "mtime_ns": (now if getattr(fields, "update_mtime_now", False) else attr.st_mtime_ns)
+            if fields.update_mtime else None,
+        }
         if inode not in self.paths:  # no name left (or never looked up: then no open copy either)
             h = self.handles.get(fh) if fh is not None else None
             if h is None or h.fd < 0:  # fchmod and fchown come without the handle
-                h = next((h for h in self.handles.values() if h.ino == inode and h.fd >= 0), None)
+                h = self._open_copy(inode)
             if h is not None and h.fd >= 0:
-                return self._setattr_unlinked(inode, h.fd, attr, fields)
+                set_attrs(h.fd, **wanted)  # on its descriptor
+                return self._entry(inode, self.ov.stat_fd(h.fd))
         f = self._found(inode)
-        size = attr.st_size if fields.update_size else None
-        if size is not None and fh is not None and fh in self.handles and self.handles[fh].fd >= 0:
-            os.ftruncate(self.handles[fh].fd, size)
-            size = None
+        if wanted["size"] is not None and fh is not None and fh in self.handles and self.handles[fh].fd >= 0:
+            os.ftruncate(self.handles[fh].fd, wanted.pop("size"))
         was_upper = f.upper
-        f = self.ov.setattr(
-            f,
-            mode=attr.st_mode if fields.update_mode else None,
-            uid=attr.st_uid if fields.update_uid else None,
-            gid=attr.st_gid if fields.update_gid else None,
-            size=size,
-            atime_ns=(pyfuse3_now_ns() if getattr(fields, "update_atime_now", False) else attr.st_atime_ns)
-            if fields.update_atime else None,
-            mtime_ns=(pyfuse3_now_ns() if getattr(fields, "update_mtime_now", False) else attr.st_mtime_ns)
-            if fields.update_mtime else None,
-        )
+        f = self.ov.setattr(f, **wanted)
         if not was_upper:
             self._claim(inode, f)
         return self._entry(inode, self.ov.stat(f))
-
-    def _setattr_unlinked(self, inode: int, fd: int, attr: Any, fields: Any) -> pyfuse3.EntryAttributes:
-        """setattr of an open file whose last name is gone (ftruncate, fchmod): on its descriptor."""
-        if fields.update_size:
-            os.ftruncate(fd, attr.st_size)
-        if fields.update_mode:
-            os.fchmod(fd, stat.S_IMODE(attr.st_mode))
-        if fields.update_uid or fields.update_gid:
-            os.fchown(fd, attr.st_uid if fields.update_uid else -1, attr.st_gid if fields.update_gid else -1)
-        if fields.update_atime or fields.update_mtime:
-            st = os.fstat(fd)
-            now = pyfuse3_now_ns()
-            atime = (now if getattr(fields, "update_atime_now", False) else attr.st_atime_ns) \
-                if fields.update_atime else st.st_atime_ns
-            mtime = (now if getattr(fields, "update_mtime_now", False) else attr.st_mtime_ns) \
-                if fields.update_mtime else st.st_mtime_ns
-            os.utime(fd, ns=(atime, mtime))
-        return self._entry(inode, self.ov.stat_fd(fd))
 
     @_errno_boundary
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
@@ -534,15 +518,8 @@ class OverlayOperations(pyfuse3.Operations):
         return list(self._xattrs(inode))
 
     def _xattrs(self, inode: int) -> dict[bytes, bytes]:
-        if self._untouched_image_file(inode):
-            return self.ov.lower.xattrs(inode)
-        try:
-            return self.ov.xattrs(self._found(inode))
-        except pyfuse3.FUSEError:
-            h = self._reading_unlinked(inode)
-            if h is None:
-                raise
-            return self.ov.lower.xattrs(h.found.lower)
+        src = self._source(inode)
+        return self.ov.lower.xattrs(src) if isinstance(src, int) else self.ov.xattrs(src)
 
     @_errno_boundary
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:

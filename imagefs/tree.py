@@ -23,6 +23,7 @@ from .build import BuildOptions, open_index
 from .errors import ArchiveError
 from .index import (R_EXTRA_LEN, R_GID, R_MODE, R_MTIME, R_NLINK, R_RDEV, R_SIZE, R_UID, ROOT_INO, Attr,
                     Index, SparseMap)
+from .lru import SizedLRU
 from .progress import Progress
 
 __all__ = ["ImageTree", "Stat"]
@@ -55,8 +56,9 @@ class ImageTree:
 
     def __init__(self, index: Index) -> None:
         self.index = index
-        self._sparse_maps: dict[int, SparseMap] = {}
-        self._sparse_chunks = 0
+        # Decoded once while in use: a read of 128 KiB must not walk a map of 200,000
+        # chunks from its start, nor decode it again.
+        self._sparse_maps: SizedLRU[int, SparseMap] = SizedLRU(_SPARSE_CHUNKS_KEPT, lambda m: len(m.offsets))
         meta = index.meta
         path = meta["archive"]["path"]
         self.archive = FileBlob(path)
@@ -188,20 +190,7 @@ class ImageTree:
         return data
 
     def _sparse_map(self, ino: int) -> SparseMap | None:
-        """The sparse map of ``ino``, decoded once while it is in use: a read of
-        128 KiB must not walk a map of 200,000 chunks from its start.  The maps
-        used last are kept, up to _SPARSE_CHUNKS_KEPT chunks in all."""
-        found = self._sparse_maps.pop(ino, None)  # re-inserted below: the dict's order is the LRU order
-        if found is None:
-            found = self.index.sparse_map(ino)
-            if found is None:
-                return None
-            self._sparse_chunks += len(found.offsets)
-        self._sparse_maps[ino] = found
-        while self._sparse_chunks > _SPARSE_CHUNKS_KEPT and len(self._sparse_maps) > 1:
-            oldest = next(iter(self._sparse_maps))
-            self._sparse_chunks -= len(self._sparse_maps.pop(oldest).offsets)
-        return found
+        return self._sparse_maps.get(ino, self.index.sparse_map)
 
     def _read_sparse(self, a: Attr, sparse: SparseMap, offset: int, size: int) -> bytes:
         out = bytearray(size)
